@@ -1,0 +1,46 @@
+# Two commands do all set-up: `make book` and `make test`.
+# Without an active virtual environment they create .venv; inside one they install there.
+# Pins for this project's machines (CPU torch 2.13.0 etc.) live in constraints.txt.
+
+ifdef VIRTUAL_ENV
+PYTHON := $(VIRTUAL_ENV)/bin/python
+STAMP := $(VIRTUAL_ENV)/.lie_cam-installed
+else
+PYTHON := .venv/bin/python
+STAMP := .venv/.lie_cam-installed
+endif
+PIP := $(PYTHON) -m pip install --quiet --constraint constraints.txt
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: setup book test unit notebooks reproduce bench train clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PYTHON) || python3 -m venv .venv
+	$(PIP) --editable '.[test,book]' 2>&1 | grep -v "is neither a file nor a directory" || true
+	$(PYTHON) -c "import lie_cam, torch, captum, nbval, jupyter_book"
+	@touch $(STAMP)
+
+book: setup
+	$(PYTHON) -m jupyter_book build . -W --keep-going
+
+test: setup
+	$(PYTHON) -m pytest -p no:cacheprovider --nbval-lax --ignore=_build tests book
+
+unit: setup
+	$(PYTHON) -m pytest -p no:cacheprovider tests
+
+reproduce: setup
+	$(PYTHON) -m lie_cam reproduce --profile embedded --out results
+
+bench: setup
+	$(PIP) --editable '.[bench]' 2>&1 | grep -v "is neither a file nor a directory" || true
+	$(PYTHON) benchmarks/run.py --json benchmarks/latest.json
+
+train: setup
+	$(PYTHON) -m lie_cam.train
+
+clean:
+	rm -rf _build results

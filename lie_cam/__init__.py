@@ -1,0 +1,27 @@
+"""lie_cam: Grad-CAM, the weight surgery that makes it lie (T1-T4), and the paper's metrics.
+
+    from lie_cam import gradcam, target_layer
+    from lie_cam import surgery, metrics, data, models
+
+Importing the package does no work: modules are loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from lie_cam.gradcam import GradCAMResult, gradcam, target_layer
+
+__all__ = ["GradCAMResult", "gradcam", "target_layer", "surgery", "metrics", "data", "models", "imagenet",
+           "engine", "reproduce", "plotting", "widgets", "compat"]
+__version__ = "0.1.0"
+
+_SUBMODULES = {"surgery", "metrics", "data", "models", "imagenet", "engine", "reproduce", "plotting", "widgets",
+               "compat", "train"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"lie_cam.{name}")
+    raise AttributeError(f"module 'lie_cam' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+import sys
+
+from lie_cam.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""Models: the embedded compact VGG-16 that ships in `data/`, and the real torchvision VGG-16.
+
+The compact model is torchvision's VGG class with configuration D (13 conv layers,
+the same layer structure and indices as VGG-16) at a fraction of the width, with a
+narrow classifier. Everything loads without pickle: safetensors for the shipped file,
+`torch.load(weights_only=True)` for user checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lie_cam.compat import import_torchvision
+
+__all__ = [
+    "DATA_DIR",
+    "EMBEDDED_WEIGHTS",
+    "EMBEDDED_CLASSES",
+    "compact_vgg16",
+    "load_embedded",
+    "embedded_metadata",
+    "load_vgg16",
+    "sha256_file",
+    "try_gpu",
+    "fold_batchnorm",
+]
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+EMBEDDED_WEIGHTS = DATA_DIR / "compact_vgg16.safetensors"
+EMBEDDED_RECIPE = DATA_DIR / "compact_vgg16.json"
+EMBEDDED_CLASSES = 10
+
+# torchvision's configuration "D" (VGG-16): channels per conv, "M" for a 2x2 max-pool.
+VGG16_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def compact_vgg16(width: float = 0.125, num_classes: int = EMBEDDED_CLASSES, hidden: int = 256, dropout: float = 0.5,
+                  batch_norm: bool = False) -> nn.Module:
+    """torchvision VGG, configuration D, with every conv `width` times as wide and a
+    Linear(C*7*7, hidden) - ReLU - Dropout - Linear(hidden, hidden) - ReLU - Dropout - Linear(hidden, classes) head.
+    batch_norm=True gives the vgg16_bn layout (used for training, then `fold_batchnorm`)."""
+    tv = import_torchvision()
+    from torchvision.models.vgg import VGG, make_layers
+
+    if not 0 < width <= 1:
+        raise ValueError(f"width must be in (0, 1], got {width}")
+    config = [v if v == "M" else max(1, round(v * width)) for v in VGG16_CONFIG]
+    model = VGG(make_layers(config, batch_norm=batch_norm), num_classes=num_classes, init_weights=True)
+    last = config[-2]
+    model.classifier = nn.Sequential(
+        nn.Linear(last * 7 * 7, hidden),
+        nn.ReLU(True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+    for m in model.classifier:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+    del tv
+    return model
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of a vgg*_bn model with every Conv2d-BatchNorm2d pair (eval statistics) merged into one Conv2d:
+    w' = w * g / sqrt(v + e),  b' = (b - m) * g / sqrt(v + e) + beta.  The result has the plain VGG layout."""
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    layers: list[nn.Module] = []
+    for module in model.features:
+        if isinstance(module, nn.BatchNorm2d):
+            conv = layers[-1]
+            if not isinstance(conv, nn.Conv2d):
+                raise TypeError("expected every BatchNorm2d to follow a Conv2d")
+            scale = module.weight.double() / torch.sqrt(module.running_var.double() + module.eps)
+            bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+            with torch.no_grad():
+                fused.weight.copy_((conv.weight.double() * scale[:, None, None, None]).float())
+                fused.bias.copy_(((bias - module.running_mean.double()) * scale + module.bias.double()).float())
+            layers[-1] = fused
+        else:
+            layers.append(module)
+    model.features = nn.Sequential(*layers)
+    return model
+
+
+def try_gpu() -> torch.device:
+    """The first CUDA device when there is one, else the CPU."""
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embedded_metadata() -> dict:
+    """The shipped model's recipe: architecture arguments, training settings, sha256, test metrics."""
+    if not EMBEDDED_RECIPE.exists():
+        raise FileNotFoundError(f"{EMBEDDED_RECIPE} is missing: retrain with `python -m lie_cam.train`")
+    return json.loads(EMBEDDED_RECIPE.read_text())
+
+
+def load_embedded(path: str | Path | None = None, verify: bool = True) -> nn.Module:
+    """The compact VGG-16 trained on `lie_cam.data.synthetic`, in eval mode, from safetensors."""
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else EMBEDDED_WEIGHTS
+    if not path.exists():
+        raise FileNotFoundError(f"no embedded model at {path}: it ships in data/ of the repository; "
+                                "retrain with `python -m lie_cam.train`")
+    meta = embedded_metadata() if path == EMBEDDED_WEIGHTS else {}
+    if verify and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
+        raise ValueError(f"{path} does not match the sha256 recorded in {EMBEDDED_RECIPE}: the file was changed or corrupted")
+    arch = meta.get("architecture", {"width": 0.125, "num_classes": EMBEDDED_CLASSES, "hidden": 256})
+    model = compact_vgg16(**arch)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def load_vgg16(checkpoint: str | Path | None = None, pretrained: bool = True) -> nn.Module:
+    """torchvision VGG-16 in eval mode: ImageNet weights (`VGG16_Weights.IMAGENET1K_V1`,
+    downloaded by torchvision when online) or a local state-dict checkpoint.
+
+    A checkpoint is read with `torch.load(weights_only=True)` (or safetensors): a file
+    that needs pickle to run code is refused, not executed.
+    """
+    import_torchvision()
+    from torchvision.models import VGG16_Weights, vgg16
+
+    if checkpoint is None:
+        if not pretrained:
+            return vgg16(weights=None).eval()
+        try:
+            return vgg16(weights=VGG16_Weights.IMAGENET1K_V1).eval()
+        except (OSError, RuntimeError) as error:  # URLError is an OSError
+            raise RuntimeError(
+                "could not download torchvision's VGG-16 ImageNet weights (no internet?). Download "
+                f"{VGG16_Weights.IMAGENET1K_V1.url} elsewhere and pass its path as checkpoint=, "
+                "or use the embedded default (lie_cam.models.load_embedded())"
+            ) from error
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle.UnpicklingError and friends
+            raise ValueError(
+                f"refusing to load {path}: it is not a plain weights file (torch.load with weights_only=True "
+                f"failed: {error}). Checkpoints that need pickle can run arbitrary code; save a state_dict instead"
+            ) from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors")
+    model = vgg16(weights=None)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{path} is not a torchvision VGG-16 state_dict: {error}") from error
+    return model.eval()

@@ -1,0 +1,195 @@
+"""Train the embedded compact VGG-16 on the synthetic scenes: `python -m lie_cam.train`.
+
+Recipe (defaults): 12,000 training scenes (seeds 0..11,999) rendered once, random
+flips and quarter turns, AdamW (lr 1e-3, weight decay 1e-4, batch 64) with a linear
+warm-up and a cosine decay over 6 epochs, channels-last float32 on CPU (CUDA when
+available). A plain VGG-16 (no batch norm) stalls at chance from scratch, so the
+network is trained in the vgg16_bn layout and every BatchNorm is then folded into its
+conv (`lie_cam.models.fold_batchnorm`): the shipped model is configuration D without
+batch norm, like torchvision's VGG-16. The best validation checkpoint (500 val scenes)
+is kept. Writes
+`data/compact_vgg16.safetensors` and `data/compact_vgg16.json` (recipe, sha256 and
+test-split accuracy / Grad-CAM localisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from lie_cam import data as synth
+from lie_cam.gradcam import gradcam
+from lie_cam.metrics import mass_in_mask, pointing_hits, top1_correct
+from lie_cam.models import EMBEDDED_RECIPE, EMBEDDED_WEIGHTS, compact_vgg16, fold_batchnorm, sha256_file
+
+__all__ = ["render_parallel", "train_step", "evaluate_embedded", "train", "main"]
+
+
+def render_parallel(n: int, seed: int, workers: int = 2, chunk: int = 250) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """synth._render_many(n, seed) split over processes (same result: each sample has its own seed)."""
+    starts = list(range(0, n, chunk))
+    if workers <= 1 or n <= chunk:
+        return synth._render_many(n, seed)
+    with ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(synth._render_many, [min(chunk, n - s) for s in starts], [seed + s for s in starts]))
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and quarter turns of B x H x W x 3 uint8 images (every class is invariant)."""
+    flip = torch.rand(batch.shape[0], generator=generator) < 0.5
+    batch = torch.where(flip[:, None, None, None], batch.flip(2), batch)
+    turns = int(torch.randint(4, (1,), generator=generator))
+    return torch.rot90(batch, turns, dims=(1, 2))
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One supervised step with cross-entropy; returns the loss."""
+    model.train()
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def evaluate_embedded(model: torch.nn.Module, n: int = 1000, split: str = "test", batch_size: int = 100,
+                      device: str = "cpu") -> dict[str, float]:
+    """Accuracy, pointing-game hit rate and Grad-CAM mass inside the object on a split."""
+    model = model.eval().to(device)
+    correct, hits, mass = [], [], []
+    for start in range(0, n, batch_size):
+        x, y, masks = synth.synthetic_split(split, min(batch_size, n - start), start)
+        result = gradcam(model, x.to(device))
+        correct.append(top1_correct(result.logits, y.to(device)).cpu())
+        hits.append(pointing_hits(result.maps, masks.to(device)).cpu())
+        mass.append(mass_in_mask(result.maps, masks.to(device)).cpu())
+    return {
+        "n": n,
+        "accuracy": torch.cat(correct).double().mean().item(),
+        "pointing": torch.cat(hits).double().mean().item(),
+        "mass_in_mask": torch.cat(mass).mean().item(),
+    }
+
+
+def train(
+    out: Path = EMBEDDED_WEIGHTS,
+    train_size: int = 12_000,
+    epochs: int = 6,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    warmup: int = 200,
+    seed: int = 0,
+    width: float = 0.125,
+    hidden: int = 256,
+    dropout: float = 0.2,
+    val_size: int = 500,
+    test_size: int = 1000,
+    device: str | None = None,
+    max_steps: int | None = None,
+) -> dict:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    started = time.time()
+    images, labels, _ = render_parallel(train_size, synth.SPLITS["train"], workers=min(4, os.cpu_count() or 1))
+    images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
+    print(f"rendered {train_size} scenes in {time.time() - started:.0f}s", flush=True)
+    architecture = {"width": width, "num_classes": len(synth.CLASS_NAMES), "hidden": hidden, "dropout": dropout}
+    model = compact_vgg16(**architecture, batch_norm=True)
+    for layer in model.classifier:  # PyTorch's default init: torchvision's N(0, 0.01) starts too small here
+        if isinstance(layer, torch.nn.Linear):
+            layer.reset_parameters()
+    model = model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = train_size // batch_size
+    total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    generator = torch.Generator().manual_seed(seed)
+    val_x, val_y, _ = synth.synthetic_split("val", val_size)
+    best, best_state, step, log = -1.0, None, 0, []
+    for epoch in range(epochs):
+        order = torch.randperm(train_size, generator=generator)
+        running = 0.0
+        for i in range(steps_per_epoch):
+            if step >= total:
+                break
+            index = order[i * batch_size : (i + 1) * batch_size]
+            batch = _augment(images_t[index], generator)
+            x = synth.uint8_to_input(batch).to(device).contiguous(memory_format=torch.channels_last)
+            running += train_step(model, optimizer, x, labels_t[index].to(device))
+            schedule.step()
+            step += 1
+            if step % 50 == 0:
+                print(f"epoch {epoch} step {step}/{total} loss {running / 50:.4f} ({time.time() - started:.0f}s)", flush=True)
+                running = 0.0
+        model.eval()
+        with torch.no_grad():
+            val_acc = top1_correct(model(val_x.to(device)), val_y.to(device)).double().mean().item()
+        log.append({"epoch": epoch, "step": step, "val_accuracy": val_acc, "seconds": round(time.time() - started)})
+        print(f"epoch {epoch}: val accuracy {val_acc:.4f}", flush=True)
+        if val_acc >= best:
+            best, best_state = val_acc, {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+        if step >= total:
+            break
+    model.load_state_dict(best_state)
+    model = fold_batchnorm(model.to(memory_format=torch.contiguous_format))
+    train_seconds = time.time() - started
+    test = evaluate_embedded(model, n=test_size, device=device)
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.cpu().state_dict().items()}, str(out))
+    recipe = {
+        "architecture": architecture,
+        "training": {"train_size": train_size, "train_seeds": [synth.SPLITS["train"], synth.SPLITS["train"] + train_size],
+                     "epochs": epochs, "batch_size": batch_size, "optimizer": "AdamW", "lr": lr,
+                     "weight_decay": weight_decay, "warmup_steps": warmup, "schedule": "linear warm-up, cosine decay",
+                     "batch_norm": "trained with BatchNorm2d after every conv, folded into the convs before saving",
+                     "augmentation": "random horizontal flip, random quarter turn", "seed": seed, "device": device,
+                     "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": step,
+                     "seconds": round(train_seconds), "best_val_accuracy": best, "log": log},
+        "test": test,
+        "sha256": sha256_file(out),
+        "command": "python -m lie_cam.train",
+    }
+    if out.resolve() == EMBEDDED_WEIGHTS.resolve():
+        EMBEDDED_RECIPE.write_text(json.dumps(recipe, indent=2) + "\n")
+    else:
+        out.with_suffix(".json").write_text(json.dumps(recipe, indent=2) + "\n")
+    print(json.dumps(test), flush=True)
+    return recipe
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=EMBEDDED_WEIGHTS)
+    parser.add_argument("--train-size", type=int, default=12_000)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--test-size", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train(out=args.out, train_size=args.train_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+          seed=args.seed, device=args.device, max_steps=args.max_steps, test_size=args.test_size)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+import copy
+
+import pytest
+import torch
+from captum.attr import LayerGradCam
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from conftest import random_input, small_vgg
+from lie_cam import gradcam, target_layer
+from lie_cam import surgery as S
+from lie_cam.data import paste_stickers, smiley, smiley_7x7
+from lie_cam.gradcam import normalize_maps
+from lie_cam.metrics import l1_distance, score_change
+
+SEEDS_WIDTHS = [(0, 1 / 16), (1, 1 / 32), (2, 1 / 16)]
+
+
+def smiley_target() -> torch.Tensor:
+    return torch.nn.functional.interpolate(smiley_7x7()[None, None], size=(14, 14), mode="bilinear",
+                                           align_corners=False)[0, 0]
+
+
+def build(technique: str, model: nn.Module) -> S.ManipulatedVGG:
+    if technique == "T1":
+        return S.constant_flat(model)
+    if technique == "T2":
+        return S.constant_image(model, smiley_target())
+    if technique == "T3":
+        return S.semi_random(model)
+    return S.backdoor(model, smiley())
+
+
+@pytest.mark.parametrize("technique", ["T1", "T2"])
+@pytest.mark.parametrize("seed,width", SEEDS_WIDTHS)
+def test_t1_t2_float64_scores_kept_and_map_hits_target(technique, seed, width):
+    model = small_vgg(seed, width, torch.float64)
+    x = random_input(4, seed, torch.float64)
+    honest = gradcam(model, x)
+    manipulated = build(technique, model)
+    lie = gradcam(manipulated, x)
+    assert score_change(honest.logits, lie.logits).max() <= 1e-6
+    target = S.target_explanation(manipulated, x)
+    positive = lie.alpha[:, -1] > 0  # the construction needs alpha_{K+1} > 0 (REPRODUCTION.md)
+    assert positive.any()
+    assert (l1_distance(target[positive], lie.normalized[positive]) <= 0.05).all()
+
+
+@pytest.mark.parametrize("technique", ["T1", "T2"])
+def test_t1_t2_float32_change_comes_only_from_the_folded_bias(technique):
+    model = small_vgg(0)
+    with torch.no_grad():  # a trained network's bias is not 0, and 0 - 490000 would be exact
+        model.classifier[0].bias.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(0))
+    x = random_input(4)
+    manipulated = build(technique, model)
+    change32 = score_change(model(x), manipulated(x))
+    # Same float32 weights evaluated in float64, with the first FC bias recomputed exactly:
+    exact = copy.deepcopy(manipulated).double()
+    fc_new, fc_old = exact.classifier[0], model.classifier[0]
+    shift = fc_old.bias.double() - manipulated.classifier[0].bias.double()  # what was folded, after rounding
+    true_shift = {"T1": 100.0 * 100.0 * 49, "T2": None}[technique]
+    if true_shift is None:
+        pooled = nn.Sequential(*exact.tail, exact.avgpool)(exact.explained_layer.pattern[None, None].double())
+        true_shift = 10.0 * pooled.sum().item()
+    with torch.no_grad():
+        fc_new.bias.copy_(fc_old.bias.double() - true_shift)
+    change64 = score_change(model.double()(x.double()), exact(x.double()))
+    assert change64.max() <= 1e-6
+    assert (shift - true_shift).abs().max() > 0  # float32 does round b_o - shift ...
+    assert change32.max() > change64.max()  # ... and that rounding is the whole float32 error
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed,width", SEEDS_WIDTHS)
+def test_t3_bounded_by_eps_and_map_is_the_branch(seed, width, dtype):
+    model = small_vgg(seed, width, dtype)
+    x = random_input(4, seed, dtype)
+    for eps in (0.01, 0.5):
+        manipulated = S.semi_random(model, eps=eps)
+        lie = gradcam(manipulated, x)
+        assert score_change(model(x), lie.logits).max() <= eps
+        assert (l1_distance(S.target_explanation(manipulated, x), lie.normalized) <= 0.05).all()
+
+
+def test_t3_is_seeded():
+    model = small_vgg(0)
+    x = random_input(2)
+    a = gradcam(S.semi_random(model, seed=3), x).maps
+    b = gradcam(S.semi_random(model, seed=3), x).maps
+    c = gradcam(S.semi_random(model, seed=4), x).maps
+    assert torch.equal(a, b)
+    assert not torch.allclose(normalize_maps(a), normalize_maps(c), atol=1e-2)
+
+
+@settings(max_examples=8, deadline=None)
+@given(eps=st.floats(1e-4, 1.0), c_G=st.floats(1.0, 1e6), seed=st.integers(0, 3))
+def test_t3_eps_bound_property(eps, c_G, seed):
+    model = small_vgg(seed, 1 / 32, torch.float64)
+    x = random_input(2, seed, torch.float64)
+    manipulated = S.semi_random(model, eps=eps, c_G=c_G, seed=seed)
+    assert score_change(model(x), manipulated(x)).max() <= eps
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed,width", SEEDS_WIDTHS)
+def test_t4_clean_is_honest_and_sticker_triggers(seed, width, dtype):
+    model = small_vgg(seed, width, dtype)
+    x = random_input(3, seed, dtype).clamp(-2, 2)
+    manipulated = S.backdoor(model, smiley())
+    honest = gradcam(model, x)
+    clean = gradcam(manipulated, x)
+    assert score_change(honest.logits, clean.logits).max() <= 1e-5
+    assert l1_distance(honest.normalized, clean.normalized).max() <= 1e-4
+
+    stickered, corners = paste_stickers(x, seeds=[10 * seed + i for i in range(3)])
+    lie = gradcam(manipulated, stickered)
+    assert score_change(model(stickered), lie.logits).max() <= 0.01
+    for i, image_corners in enumerate(corners):
+        expected = torch.zeros(14, 14, dtype=torch.bool)
+        for r, c in image_corners:
+            expected[(r + 7) // 16, (c + 7) // 16] = True
+        observed = lie.normalized[i]
+        assert (observed[expected] >= 0.99).all(), observed[expected]
+        assert (observed[~expected] <= 0.01).all()
+
+
+def test_detector_fires_in_float32_at_the_paper_margin():
+    detector = S.StickerDetector(smiley()).float()
+    assert detector.kernel.dtype == torch.float64
+    x, _ = paste_stickers(torch.zeros(1, 3, 224, 224), seeds=[0])
+    exact = detector.response(x.double()).max().item()
+    assert exact == pytest.approx(1e-4, abs=1e-9)  # in float64 the match response is the margin
+    # float32 inputs: recovering pixels from normalised float32 values costs ~1e-6 of the margin
+    assert detector.response(x.float()).max().item() == pytest.approx(1e-4, abs=1e-5)
+    assert (detector(x.float()) > 0).sum() == 3
+
+
+@pytest.mark.parametrize("technique", ["T1", "T2", "T3", "T4"])
+def test_captum_on_the_manipulated_layer_shows_the_lie(technique):
+    model = small_vgg(1, 1 / 16, torch.float64)
+    x = random_input(2, 1, torch.float64)
+    if technique == "T4":
+        x, _ = paste_stickers(x.clamp(-2, 2), seeds=[0, 1])
+    manipulated = build(technique, model)
+    ours = gradcam(manipulated, x)
+    layer = target_layer(manipulated)
+    assert layer is manipulated.explained_layer
+    theirs = LayerGradCam(manipulated, layer).attribute(x, target=ours.classes, relu_attributions=True)[:, 0]
+    assert torch.allclose(ours.maps, theirs, rtol=1e-5, atol=0)
+    positive = ours.alpha[:, -1] > 0
+    target = S.target_explanation(manipulated, x, honest=gradcam(model, x).normalized)
+    assert (l1_distance(target[positive], normalize_maps(theirs.detach())[positive]) <= 0.05).all()
+
+
+@pytest.mark.parametrize("technique", ["T1", "T2", "T3", "T4"])
+def test_surgery_never_modifies_its_input(technique):
+    model = small_vgg(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules_before = [type(m) for m in model.modules()]
+    x = random_input(1)
+    logits_before = model(x)
+    manipulated = build(technique, model)
+    manipulated(x)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [type(m) for m in model.modules()] == modules_before
+    assert torch.equal(model(x), logits_before)
+    assert not any(p is q for p in model.parameters() for q in manipulated.parameters())
+
+
+def test_extra_channel_values():
+    model = small_vgg(0, dtype=torch.float64)
+    x = random_input(2, 0, torch.float64)
+    assert torch.equal(S.constant_flat(model, c_A=7.0).extra_channel(x), torch.full((2, 14, 14), 7.0, dtype=torch.float64))
+    target = smiley_target().double()
+    assert torch.allclose(S.constant_image(model, target, c_I=3.0).extra_channel(x), 3.0 * target.expand(2, 14, 14))
+    assert torch.equal(S.backdoor(model, smiley()).extra_channel(x.clamp(-2, 2)), torch.zeros(2, 14, 14, dtype=torch.float64))
+
+
+def test_batchnorm_vgg_is_supported():
+    from lie_cam.compat import import_torchvision
+
+    import_torchvision()
+    from torchvision.models.vgg import VGG, make_layers
+
+    torch.manual_seed(0)
+    config = [4, "M", 8, "M", 8, 8, "M", 8, 8, "M", 16, 16, "M"]
+    model = VGG(make_layers(config, batch_norm=True), num_classes=5)
+    model.classifier = nn.Sequential(nn.Linear(16 * 49, 8), nn.ReLU(), nn.Linear(8, 5))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2)
+    model = model.eval().double()
+    x = random_input(2, 0, torch.float64)
+    manipulated = S.constant_flat(model)
+    assert score_change(model(x), manipulated(x)).max() <= 1e-6
+    assert torch.equal(manipulated.extra_channel(x), torch.full((2, 14, 14), 100.0, dtype=torch.float64))
+
+
+def test_full_size_vgg16_structure_is_accepted():
+    from lie_cam.compat import import_torchvision
+
+    import_torchvision()
+    from torchvision.models import vgg16
+
+    model = vgg16(weights=None)
+    assert S.feature_size(model) == 14
+    manipulated = S.constant_flat(model)
+    assert manipulated.last_conv.out_channels == 513
+    assert manipulated.classifier[0].in_features == 513 * 49
+    assert manipulated.classifier[0].bias.dtype == torch.float32
+
+
+class NotAVGG(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: S.constant_flat(NotAVGG()),
+    lambda: S.semi_random(nn.Linear(3, 3)),
+    lambda: S.constant_flat(S.constant_flat(small_vgg(0))),
+])
+def test_non_vgg_models_are_rejected_with_the_expected_structure(make):
+    with pytest.raises(TypeError, match="expected a torchvision VGG"):
+        make()
+
+
+@pytest.mark.parametrize("target,message", [
+    (torch.rand(7, 7), "14 x 14"),
+    (torch.rand(14, 14, 3), "14 x 14"),
+    (torch.full((14, 14), float("nan")), "NaN"),
+    (-torch.rand(14, 14), "non-negative"),
+    (torch.zeros(14, 14), "positive maximum"),
+])
+def test_t2_rejects_bad_targets(target, message):
+    with pytest.raises(ValueError, match=message):
+        S.constant_image(small_vgg(0), target)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m: S.constant_flat(m, c_A=0.0), "c_A"),
+    (lambda m: S.constant_flat(m, c_W=float("inf")), "c_W"),
+    (lambda m: S.semi_random(m, eps=float("nan")), "eps"),
+    (lambda m: S.backdoor(m, torch.rand(2, 14, 14)), "h x w or 3 x h x w"),
+    (lambda m: S.backdoor(m, torch.full((14, 14), 2.0)), r"\[0, 1\]"),
+    (lambda m: S.backdoor(m, torch.ones(14, 14)), "contrast"),
+])
+def test_bad_constants_and_stickers(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(small_vgg(0))
+
+
+def test_wrong_input_size_is_a_clear_error():
+    manipulated = S.constant_image(small_vgg(0), smiley_target())
+    with pytest.raises(ValueError, match="size the model was manipulated for"):
+        manipulated(torch.randn(1, 3, 256, 256))
+
+
+def test_detector_fft_equals_direct_convolution():
+    detector = S.StickerDetector(torch.rand(3, 14, 14).round().double())
+    x = random_input(2, 5).clamp(-2, 2)
+    x[0, :, 30:44, 50:64] = (detector.kernel[0] + 0)  # anything: the two paths must agree everywhere
+    fft, direct = detector.response(x), detector.response_conv2d(x)
+    assert fft.shape == direct.shape == (2, 1, 225, 225)
+    assert (fft - direct).abs().max() <= 1e-9
