@@ -26,6 +26,7 @@ __all__ = [
     "IMAGE_SIZE",
     "synthetic",
     "synthetic_split",
+    "SyntheticScenes",
     "render_scene",
     "normalize",
     "denormalize",
@@ -176,6 +177,26 @@ def synthetic_split(split: str, n: int, start: int = 0) -> tuple[torch.Tensor, t
     if start < 0 or start + n > SPLITS["val"]:
         raise ValueError("samples of a split are numbered from 0 to 9,999,999")
     return synthetic(n, SPLITS[split] + start)
+
+
+class SyntheticScenes(torch.utils.data.Dataset):
+    """Samples start .. start+n-1 of a split as a Dataset of (x 3 x 224 x 224, label, mask), so that
+    rendering runs in DataLoader workers (`lie_cam.imagenet.make_loader`)."""
+
+    def __init__(self, split: str, n: int, start: int = 0) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        self.first_seed = SPLITS[split] + start
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        image, label, mask = render_scene(self.first_seed + index)
+        return uint8_to_input(image[None])[0], label, torch.from_numpy(mask)
 
 
 # ---------------------------------------------------------------------------

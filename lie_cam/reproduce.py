@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from lie_cam import surgery
-from lie_cam.data import SPLITS, paste_stickers, smiley, smiley_7x7, synthetic_split
+from lie_cam.data import SPLITS, SyntheticScenes, paste_stickers, smiley, smiley_7x7
 from lie_cam.engine import Evaluator
 from lie_cam.gradcam import GradCAMResult, normalize_maps
 from lie_cam.metrics import l1_distance, pointing_hits, score_change, summarize, top1_correct
@@ -201,17 +201,19 @@ def _markdown(rows: list[dict], keys: list[str], title: str) -> str:
 def _batches(profile: str, data: str | None, limit: int | None, batch_size: int, workers: int | None,
              device: torch.device) -> tuple[Iterator[tuple], int, str]:
     """(iterator of (x, labels, masks or None, first index), number of images, description)."""
-    if profile == "embedded":
-        n = EMBEDDED_DEFAULT_N if limit is None else int(limit)
-
-        def generate():
-            for start in range(0, n, batch_size):
-                x, y, masks = synthetic_split("test", min(batch_size, n - start), start)
-                yield x, y, masks, start
-
-        return generate(), n, f"embedded compact VGG-16 on {n} synthetic test scenes (seeds {SPLITS['test']}+)"
     from lie_cam.imagenet import load_profile, make_loader
 
+    if profile == "embedded":
+        n = EMBEDDED_DEFAULT_N if limit is None else int(limit)
+        loader = make_loader(SyntheticScenes("test", n), batch_size=batch_size, workers=workers, device=str(device))
+
+        def scenes():
+            start = 0
+            for x, y, masks in loader:
+                yield x, y, masks, start
+                start += x.shape[0]
+
+        return scenes(), n, f"embedded compact VGG-16 on {n} synthetic test scenes (seeds {SPLITS['test']}+)"
     dataset, description = load_profile(profile, data=data, limit=limit)
     loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=str(device))
 
@@ -281,9 +283,9 @@ def run_reproduction(
 
         iterator = tqdm(batches, total=-(-n // batch_size), desc=f"reproduce {profile}", unit="batch")
     for x, labels, masks, start in iterator:
-        x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device)
-        masks = masks.to(device) if masks is not None else None
+        x = x.to(device=device, dtype=dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True) if masks is not None else None
         results = evaluator.run(x)
         honest = results["original"]
         for name, result in results.items():

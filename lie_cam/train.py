@@ -97,7 +97,12 @@ def train(
     test_size: int = 1000,
     device: str | None = None,
     max_steps: int | None = None,
+    init: Path | None = None,
 ) -> dict:
+    """Train and save the embedded model; returns the recipe written beside it.
+
+    init: start from a saved (folded, batch-norm free) model instead of from scratch.
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     started = time.time()
@@ -105,10 +110,15 @@ def train(
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
     print(f"rendered {train_size} scenes in {time.time() - started:.0f}s", flush=True)
     architecture = {"width": width, "num_classes": len(synth.CLASS_NAMES), "hidden": hidden, "dropout": dropout}
-    model = compact_vgg16(**architecture, batch_norm=True)
-    for layer in model.classifier:  # PyTorch's default init: torchvision's N(0, 0.01) starts too small here
-        if isinstance(layer, torch.nn.Linear):
-            layer.reset_parameters()
+    if init is None:
+        model = compact_vgg16(**architecture, batch_norm=True)
+        for layer in model.classifier:  # PyTorch's default init: torchvision's N(0, 0.01) starts too small here
+            if isinstance(layer, torch.nn.Linear):
+                layer.reset_parameters()
+    else:
+        from lie_cam.models import load_embedded
+
+        model = load_embedded(init, verify=False)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = train_size // batch_size
@@ -120,7 +130,7 @@ def train(
     best, best_state, step, log = -1.0, None, 0, []
     for epoch in range(epochs):
         order = torch.randperm(train_size, generator=generator)
-        running = 0.0
+        running, counted = 0.0, 0
         for i in range(steps_per_epoch):
             if step >= total:
                 break
@@ -128,11 +138,13 @@ def train(
             batch = _augment(images_t[index], generator)
             x = synth.uint8_to_input(batch).to(device).contiguous(memory_format=torch.channels_last)
             running += train_step(model, optimizer, x, labels_t[index].to(device))
+            counted += 1
             schedule.step()
             step += 1
             if step % 50 == 0:
-                print(f"epoch {epoch} step {step}/{total} loss {running / 50:.4f} ({time.time() - started:.0f}s)", flush=True)
-                running = 0.0
+                print(f"epoch {epoch} step {step}/{total} loss {running / counted:.4f} ({time.time() - started:.0f}s)",
+                      flush=True)
+                running, counted = 0.0, 0
         model.eval()
         with torch.no_grad():
             val_acc = top1_correct(model(val_x.to(device)), val_y.to(device)).double().mean().item()
@@ -143,7 +155,9 @@ def train(
         if step >= total:
             break
     model.load_state_dict(best_state)
-    model = fold_batchnorm(model.to(memory_format=torch.contiguous_format))
+    model = model.to(memory_format=torch.contiguous_format)
+    if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        model = fold_batchnorm(model)
     train_seconds = time.time() - started
     test = evaluate_embedded(model, n=test_size, device=device)
     from safetensors.torch import save_file
@@ -159,7 +173,8 @@ def train(
                      "batch_norm": "trained with BatchNorm2d after every conv, folded into the convs before saving",
                      "augmentation": "random horizontal flip, random quarter turn", "seed": seed, "device": device,
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": step,
-                     "seconds": round(train_seconds), "best_val_accuracy": best, "log": log},
+                     "seconds": round(train_seconds), "best_val_accuracy": best, "log": log,
+                     "init": None if init is None else str(init)},
         "test": test,
         "sha256": sha256_file(out),
         "command": "python -m lie_cam.train",
@@ -183,12 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--test-size", type=int, default=1000)
+    parser.add_argument("--init", type=Path, default=None, help="fine-tune a saved model instead of training from scratch")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     train(out=args.out, train_size=args.train_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-          seed=args.seed, device=args.device, max_steps=args.max_steps, test_size=args.test_size)
+          seed=args.seed, device=args.device, max_steps=args.max_steps, test_size=args.test_size, init=args.init)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,246 @@
+"""Benchmarks: ratios against baselines measured in the same run (never absolute goals in tests).
+
+    python benchmarks/run.py --json benchmarks/latest.json                 # CPU, embedded model
+    python benchmarks/run.py --device cuda --full-vgg16 --batch-size 128 --json gpu.json
+
+Keys written (CPU, embedded model):
+  gradcam_speedup_vs_pytorch_grad_cam  our Grad-CAM's images/s over pytorch-grad-cam's GradCAM
+  gradcam_speedup_vs_captum            ... over captum's LayerGradCam (same model, batch, layer)
+  table_cost_vs_forward                the seven-evaluation table (original + T1-T4 on clean,
+                                       original + T4 on stickered images) over one plain forward
+                                       of the original model over the same clean and stickered images
+  table_speedup_vs_naive               the naive per-network loop (each network alone, Grad-CAM with
+                                       a full backward as pytorch-grad-cam does) over ours
+  loader_images_per_s                  the data loader alone (synthetic scenes; JPEG folder)
+With --device cuda it also measures the table's images/s and its ratio to a plain forward in
+float32 and under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lie_cam.compat import import_torchvision  # noqa: E402
+from lie_cam.data import SyntheticScenes, paste_stickers  # noqa: E402
+from lie_cam.engine import Evaluator  # noqa: E402
+from lie_cam.gradcam import gradcam, target_layer  # noqa: E402
+from lie_cam.imagenet import ImageNetFolder, make_loader  # noqa: E402
+from lie_cam.reproduce import STICKER_SEED, build_networks  # noqa: E402
+
+GOALS = {
+    "gradcam_speedup_vs_pytorch_grad_cam": 2.5,
+    "gradcam_speedup_vs_captum": 0.9,
+    "table_cost_vs_forward": 1.5,  # at most
+    "table_speedup_vs_naive": 6.0,
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of `repeats` calls after one warm-up call."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def naive_gradcam(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM the way pytorch-grad-cam computes it: a forward with autograd everywhere and a
+    full backward (parameter gradients included), activations and gradients caught by hooks."""
+    layer = target_layer(model)
+    store = {}
+    handle = layer.register_forward_hook(lambda m, i, o: store.update(a=o) or o.register_hook(lambda g: store.update(g=g)))
+    try:
+        model.zero_grad(set_to_none=True)
+        logits = model(x)
+        logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+    finally:
+        handle.remove()
+    alpha = store["g"].mean(dim=(2, 3))
+    return torch.relu(torch.einsum("bk,bkhw->bhw", alpha, store["a"].detach()))
+
+
+def batches_of(x: torch.Tensor, batch_size: int):
+    return [x[i : i + batch_size] for i in range(0, x.shape[0], batch_size)]
+
+
+def bench_gradcam(model, x, batch_size, device, repeats) -> dict:
+    from captum.attr import LayerGradCam
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    layer = target_layer(model)
+    chunks = batches_of(x, batch_size)
+    with torch.no_grad():
+        classes = [model(c).argmax(1) for c in chunks]
+    captum = LayerGradCam(model, layer)
+    peer = GradCAM(model=model, target_layers=[layer])
+
+    def ours():
+        for c in chunks:
+            gradcam(model, c)
+
+    def theirs_captum():
+        for c, k in zip(chunks, classes):
+            captum.attribute(c, target=k, relu_attributions=True)
+
+    def theirs_pgc():
+        for c, k in zip(chunks, classes):
+            peer(input_tensor=c, targets=[ClassifierOutputTarget(int(i)) for i in k])
+
+    t = {name: timed(fn, device, repeats) for name, fn in
+         (("ours", ours), ("captum", theirs_captum), ("pytorch_grad_cam", theirs_pgc))}
+    n = x.shape[0]
+    return {
+        "gradcam_images_per_s": {k: n / v for k, v in t.items()},
+        "gradcam_speedup_vs_pytorch_grad_cam": t["pytorch_grad_cam"] / t["ours"],
+        "gradcam_speedup_vs_captum": t["captum"] / t["ours"],
+    }
+
+
+def bench_table(model, x, batch_size, device, repeats, autocast_dtype=None) -> dict:
+    networks = build_networks(model)
+    evaluator = Evaluator(model, networks, autocast_dtype=autocast_dtype)
+    chunks = batches_of(x, batch_size)
+    seeds = [[STICKER_SEED + i * batch_size + j for j in range(c.shape[0])] for i, c in enumerate(chunks)]
+    stickered = [paste_stickers(c, s)[0] for c, s in zip(chunks, seeds)]
+    autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype
+                else torch.autocast(device_type=device.type, enabled=False))
+
+    def forward():
+        with torch.no_grad(), autocast:
+            for c, s in zip(chunks, stickered):
+                model(c)
+                model(s)
+
+    def table():
+        for c, s in zip(chunks, seeds):
+            evaluator.run(c)
+            evaluator.run(paste_stickers(c, s)[0], names=["original", "T4"])
+
+    def naive():
+        everything = {"original": model, **networks}
+        for c, s in zip(chunks, seeds):
+            for net in everything.values():
+                naive_gradcam(net, c)
+            x_s = paste_stickers(c, s)[0]
+            for name in ("original", "T4"):
+                naive_gradcam(everything[name], x_s)
+
+    t_forward = timed(forward, device, repeats)
+    t_table = timed(table, device, repeats)
+    out = {
+        "table_images_per_s": x.shape[0] / t_table,
+        "forward_images_per_s": 2 * x.shape[0] / t_forward,
+        "table_cost_vs_forward": t_table / t_forward,
+    }
+    if autocast_dtype is None:
+        t_naive = timed(naive, device, max(1, repeats // 2))
+        out["naive_images_per_s"] = x.shape[0] / t_naive
+        out["table_speedup_vs_naive"] = t_naive / t_table
+    return out
+
+
+def bench_loader(n: int, workers: int) -> dict:
+    from PIL import Image
+
+    out = {}
+    loader = make_loader(SyntheticScenes("test", n), batch_size=32, workers=workers)
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    out["synthetic_scenes"] = n / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as root:
+        folder = Path(root) / "n01440764"
+        folder.mkdir()
+        generator = torch.Generator().manual_seed(0)
+        for i in range(n):
+            pixels = (torch.rand(375, 500, 3, generator=generator) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"img{i:04d}.JPEG", quality=90)
+        loader = make_loader(ImageNetFolder(root), batch_size=32, workers=workers)
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        out["jpeg_folder_500x375"] = n / (time.perf_counter() - start)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--full-vgg16", action="store_true", help="torchvision VGG-16 at full width, random weights")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    import_torchvision()
+    if args.full_vgg16:
+        from torchvision.models import vgg16
+
+        torch.manual_seed(0)
+        model = vgg16(weights=None).eval()
+        model_name = "torchvision VGG-16 (random weights)"
+    else:
+        from lie_cam.models import load_embedded
+
+        model = load_embedded()
+        model_name = "embedded compact VGG-16"
+    model = model.to(device).to(memory_format=torch.channels_last)
+    from lie_cam.data import synthetic_split
+
+    x = synthetic_split("test", args.images)[0].to(device).contiguous(memory_format=torch.channels_last)
+    report: dict = {
+        "model": model_name, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(), "images": args.images, "batch_size": args.batch_size,
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+    }
+    if device.type == "cpu":
+        report.update(bench_gradcam(model, x, args.batch_size, device, args.repeats))
+    report.update(bench_table(model, x, args.batch_size, device, args.repeats))
+    if device.type == "cuda":
+        report["bf16"] = bench_table(model, x, args.batch_size, device, args.repeats, autocast_dtype=torch.bfloat16)
+    report["loader_images_per_s"] = bench_loader(args.images, args.workers)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'measure':40s} {'value':>10s} {'goal':>10s}")
+    for key, goal in GOALS.items():
+        if key in report:
+            sign = "<=" if key == "table_cost_vs_forward" else ">="
+            ok = report[key] <= goal if sign == "<=" else report[key] >= goal
+            print(f"{key:40s} {report[key]:10.2f} {sign + str(goal):>10s} {'ok' if ok else 'MISSED'}")
+    for key in ("table_images_per_s", "forward_images_per_s"):
+        print(f"{key:40s} {report[key]:10.1f}")
+    for key, value in report["loader_images_per_s"].items():
+        print(f"{'loader ' + key:40s} {value:10.1f}")
+
+
+if __name__ == "__main__":
+    main()

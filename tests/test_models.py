@@ -1,0 +1,118 @@
+import pickle
+
+import pytest
+import torch
+
+from conftest import random_input, small_vgg
+from lie_cam.compat import import_torchvision
+from lie_cam.models import EMBEDDED_WEIGHTS, compact_vgg16, embedded_metadata, fold_batchnorm, load_embedded, load_vgg16, sha256_file
+
+
+def test_compact_vgg16_has_vgg16_layer_structure():
+    import_torchvision()
+    from torchvision.models import vgg16
+
+    ours, reference = compact_vgg16(), vgg16(weights=None)
+    assert [type(m) for m in ours.features] == [type(m) for m in reference.features]
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in ours.features) == 13
+    assert ours.features[28].out_channels == 64  # 512 / 8
+
+
+def test_fold_batchnorm_is_exact_and_removes_batchnorm():
+    torch.manual_seed(0)
+    model = compact_vgg16(width=1 / 16, hidden=32, batch_norm=True)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert len(folded.features) == 31
+    x = random_input(2)
+    assert torch.allclose(model(x), folded(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def vgg16_state(tmp_path):
+    import_torchvision()
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    state = vgg16(weights=None).state_dict()
+    path = tmp_path / "vgg16.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_load_vgg16_from_a_plain_checkpoint(vgg16_state):
+    path, state = vgg16_state
+    model = load_vgg16(path)
+    assert not model.training
+    assert torch.equal(model.features[0].weight, state["features.0.weight"])
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this checkpoint ran code",))
+
+
+def test_checkpoint_that_needs_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"features.0.weight": Payload()}, handle)
+    with pytest.raises(ValueError, match="weights_only"):
+        load_vgg16(path)
+
+
+def test_missing_and_wrong_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_vgg16(tmp_path / "nope.pth")
+    wrong = tmp_path / "wrong.pth"
+    torch.save(small_vgg(0).state_dict(), wrong)
+    with pytest.raises(ValueError, match="not a torchvision VGG-16"):
+        load_vgg16(wrong)
+
+
+def test_shipped_model_checksum_matches_and_loads_without_pickle():
+    meta = embedded_metadata()
+    assert sha256_file(EMBEDDED_WEIGHTS) == meta["sha256"]
+    model = load_embedded()
+    assert not model.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_tampered_model_file_is_detected(tmp_path, monkeypatch):
+    import lie_cam.models as models
+
+    copy = tmp_path / "compact_vgg16.safetensors"
+    data = bytearray(EMBEDDED_WEIGHTS.read_bytes())
+    data[-1] ^= 1
+    copy.write_bytes(bytes(data))
+    monkeypatch.setattr(models, "EMBEDDED_WEIGHTS", copy)
+    with pytest.raises(ValueError, match="sha256"):
+        models.load_embedded()
+
+
+def test_shipped_model_reaches_its_accuracy_on_a_test_slice():
+    from lie_cam.train import evaluate_embedded
+
+    result = evaluate_embedded(load_embedded(), n=200, batch_size=50)
+    assert result["accuracy"] >= 0.95
+    assert result["pointing"] >= 0.80  # on 200 images; the recipe records the 1000-image number
+
+
+def test_a_training_step_runs_and_changes_the_weights():
+    from lie_cam.data import synthetic_split
+    from lie_cam.train import train_step
+
+    torch.manual_seed(0)
+    model = compact_vgg16(width=1 / 32, hidden=16, batch_norm=True)
+    before = model.features[0].weight.clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y, _ = synthetic_split("train", 4)
+    loss = train_step(model, optimizer, x, y)
+    assert 0 < loss < 10
+    assert not torch.equal(before, model.features[0].weight)
