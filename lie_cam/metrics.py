@@ -64,13 +64,26 @@ def _upsampled(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return upsample(maps.float(), tuple(masks.shape[-2:]))
 
 
-def pointing_hits(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Pointing game: bool per image, the peak of the bilinearly upsampled map lies on the object.
-    An all-zero map has no peak and counts as a miss."""
+def pointing_hits(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0) -> torch.Tensor:
+    """Pointing game: bool per image, the peak of the bilinearly upsampled map lies on the object,
+    or within `tolerance` pixels of it (Zhang et al. 2016 use 15). An all-zero map is a miss."""
     up = _upsampled(maps, masks)
     flat = up.flatten(1)
     peak = flat.argmax(dim=1)
-    hit = masks.flatten(1).to(up.device).gather(1, peak[:, None])[:, 0]
+    masks = masks.to(up.device)
+    if tolerance <= 0:
+        hit = masks.flatten(1).gather(1, peak[:, None])[:, 0]
+    else:
+        width = masks.shape[-1]
+        offsets = torch.arange(-tolerance, tolerance + 1, device=up.device)
+        dr, dc = torch.meshgrid(offsets, offsets, indexing="ij")
+        disc = (dr**2 + dc**2) <= tolerance**2
+        rows = (peak // width)[:, None] + dr[disc][None]
+        cols = (peak % width)[:, None] + dc[disc][None]
+        inside = (rows >= 0) & (rows < masks.shape[-2]) & (cols >= 0) & (cols < width)
+        batch = torch.arange(masks.shape[0], device=up.device)[:, None].expand_as(rows)
+        values = masks[batch, rows.clamp(0, masks.shape[-2] - 1), cols.clamp(0, width - 1)] & inside
+        hit = values.any(dim=1)
     return hit & (flat.amax(dim=1) > 0)
 
 

@@ -63,22 +63,40 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
 
 
 def evaluate_embedded(model: torch.nn.Module, n: int = 1000, split: str = "test", batch_size: int = 100,
-                      device: str = "cpu") -> dict[str, float]:
-    """Accuracy, pointing-game hit rate and Grad-CAM mass inside the object on a split."""
+                      device: str = "cpu") -> dict:
+    """Accuracy, pointing-game hit rate (strict, and within 15 px), per-class strict hit rate and
+    Grad-CAM mass inside the object on a split."""
     model = model.eval().to(device)
-    correct, hits, mass = [], [], []
+    correct, hits, hits15, mass, labels = [], [], [], [], []
     for start in range(0, n, batch_size):
         x, y, masks = synth.synthetic_split(split, min(batch_size, n - start), start)
         result = gradcam(model, x.to(device))
+        masks = masks.to(device)
         correct.append(top1_correct(result.logits, y.to(device)).cpu())
-        hits.append(pointing_hits(result.maps, masks.to(device)).cpu())
-        mass.append(mass_in_mask(result.maps, masks.to(device)).cpu())
+        hits.append(pointing_hits(result.maps, masks).cpu())
+        hits15.append(pointing_hits(result.maps, masks, tolerance=15).cpu())
+        mass.append(mass_in_mask(result.maps, masks).cpu())
+        labels.append(y)
+    hits_all, labels_all = torch.cat(hits), torch.cat(labels)
     return {
         "n": n,
         "accuracy": torch.cat(correct).double().mean().item(),
-        "pointing": torch.cat(hits).double().mean().item(),
+        "pointing": hits_all.double().mean().item(),
+        "pointing_15px": torch.cat(hits15).double().mean().item(),
+        "pointing_per_class": {name: hits_all[labels_all == k].double().mean().item()
+                               for k, name in enumerate(synth.CLASS_NAMES) if (labels_all == k).any()},
         "mass_in_mask": torch.cat(mass).mean().item(),
     }
+
+
+def reevaluate_shipped(test_size: int = 1000) -> dict:
+    """Recompute the shipped model's test metrics and record them in its recipe (weights untouched)."""
+    from lie_cam.models import load_embedded
+
+    recipe = json.loads(EMBEDDED_RECIPE.read_text())
+    recipe["test"] = evaluate_embedded(load_embedded(), n=test_size)
+    EMBEDDED_RECIPE.write_text(json.dumps(recipe, indent=2) + "\n")
+    return recipe["test"]
 
 
 def train(
@@ -199,10 +217,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--init", type=Path, default=None, help="fine-tune a saved model instead of training from scratch")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="re-evaluate the shipped model on the test split and update its recipe")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.evaluate_only:
+        print(json.dumps(reevaluate_shipped(args.test_size), indent=2))
+        return
     train(out=args.out, train_size=args.train_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
           seed=args.seed, device=args.device, max_steps=args.max_steps, test_size=args.test_size, init=args.init)
 

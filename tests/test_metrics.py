@@ -51,3 +51,13 @@ def test_pointing_and_mass():
     assert hits.tolist() == [True, False, False]  # an all-zero map (third) is a miss
     mass = mass_in_mask(maps, masks)
     assert mass[0] > 0.9 and mass[1] < 0.1 and mass[2] == 0
+
+
+def test_pointing_tolerance():
+    maps = torch.zeros(1, 14, 14)
+    maps[0, 7, 7] = 1.0  # peak at pixel ~ (119, 119) after upsampling
+    masks = torch.zeros(1, 224, 224, dtype=torch.bool)
+    masks[0, 130:150, 130:150] = True  # about 15 px away diagonally
+    assert not pointing_hits(maps, masks)[0]
+    assert not pointing_hits(maps, masks, tolerance=5)[0]
+    assert pointing_hits(maps, masks, tolerance=20)[0]
