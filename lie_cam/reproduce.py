@@ -80,16 +80,21 @@ class _Accumulator:
     change: list = field(default_factory=list)
     l1: list = field(default_factory=list)
     hits: list = field(default_factory=list)
+    alpha_extra: list = field(default_factory=list)
 
-    def add(self, correct, change=None, l1=None, hits=None) -> None:
+    def add(self, correct, change=None, l1=None, hits=None, alpha_extra=None) -> None:
         self.correct.append(correct.cpu())
-        for name, value in (("change", change), ("l1", l1), ("hits", hits)):
+        for name, value in (("change", change), ("l1", l1), ("hits", hits), ("alpha_extra", alpha_extra)):
             if value is not None:
-                getattr(self, name).append(value.cpu())
+                getattr(self, name).append(value.detach().cpu())
 
     def summary(self, pixels: int) -> dict:
         cat = lambda values: torch.cat(values) if values else None  # noqa: E731
-        return summarize(torch.cat(self.correct), cat(self.change), cat(self.l1), cat(self.hits), pixels)
+        out = summarize(torch.cat(self.correct), cat(self.change), cat(self.l1), cat(self.hits), pixels)
+        out["l1_median"] = cat(self.l1).double().median().item() if self.l1 else None
+        # alpha_{K+1} <= 0: the explanation cannot be the lie (the sign caveat of T1/T2)
+        out["alpha_extra_nonpositive"] = (cat(self.alpha_extra) <= 0).double().mean().item() if self.alpha_extra else None
+        return out
 
 
 @dataclass
@@ -268,11 +273,11 @@ def run_reproduction(
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     started = time.time()
+    batches, n, description = _batches(profile, data, limit, batch_size, workers, device)  # data errors first
     model = _load_model(profile, checkpoint).to(device=device, dtype=dtype)
     model = model.to(memory_format=torch.channels_last)
     networks = build_networks(model)
     evaluator = Evaluator(model, networks, autocast_dtype=autocast_dtype)
-    batches, n, description = _batches(profile, data, limit, batch_size, workers, device)
     pixels = surgery.feature_size(model) ** 2
     clean = {name: _Accumulator() for name in evaluator.names}
     stickered = {name: _Accumulator() for name in ("original", "T4")}
@@ -295,7 +300,7 @@ def run_reproduction(
                 continue
             target = _normalized_target(name, result, honest)
             clean[name].add(top1_correct(result.logits, labels), score_change(honest.logits, result.logits),
-                            l1_distance(target, result.normalized), hits)
+                            l1_distance(target, result.normalized), hits, result.alpha[:, -1])
         seeds = [STICKER_SEED + start + i for i in range(x.shape[0])]
         x_sticker, _ = paste_stickers(x, seeds)
         sticker_results = evaluator.run(x_sticker, names=["original", "T4"])
@@ -304,7 +309,8 @@ def run_reproduction(
         hits_4 = pointing_hits(lie_s.maps, masks) if masks is not None else None
         stickered["original"].add(top1_correct(honest_s.logits, labels), hits=hits_o)
         stickered["T4"].add(top1_correct(lie_s.logits, labels), score_change(honest_s.logits, lie_s.logits),
-                            l1_distance(_normalized_target("T4", lie_s, honest_s), lie_s.normalized), hits_4)
+                            l1_distance(_normalized_target("T4", lie_s, honest_s), lie_s.normalized), hits_4,
+                            lie_s.alpha[:, -1])
         if not examples:
             examples = {
                 "image": x[0].float().cpu(),
@@ -319,7 +325,8 @@ def run_reproduction(
             summary = accumulator.summary(pixels)
             row = {"network": name, "data": data_kind, "accuracy": summary["accuracy"],
                    "score_change": summary["score_change"], "l1": summary["l1"], "n": summary["n"],
-                   "score_change_max": summary["score_change_max"], "l1_per_pixel": summary["l1_per_pixel"]}
+                   "score_change_max": summary["score_change_max"], "l1_per_pixel": summary["l1_per_pixel"],
+                   "l1_median": summary["l1_median"], "alpha_extra_nonpositive": summary["alpha_extra_nonpositive"]}
             if profile == "embedded":
                 row["pointing"] = summary["pointing"]
             rows.append(row)

@@ -59,12 +59,14 @@ class Payload:
         return (print, ("this checkpoint ran code",))
 
 
-def test_checkpoint_that_needs_pickle_is_refused(tmp_path):
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_checkpoint_that_needs_pickle_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as handle:
         pickle.dump({"features.0.weight": Payload()}, handle)
     with pytest.raises(ValueError, match="weights_only"):
         load_vgg16(path)
+    assert "ran code" not in capsys.readouterr().out
 
 
 def test_missing_and_wrong_checkpoints(tmp_path):

@@ -45,10 +45,13 @@ def test_the_papers_guarantees_hold(reproduction):
     assert result.row("T4")["score_change_max"] <= 1e-5
     assert result.row("T4")["l1"] <= 1e-4
     assert result.row("T4", "sticker")["accuracy"] == result.row("original", "sticker")["accuracy"]
-    # the honest explanation points at the object; the lies do not (T4 only with stickers)
-    assert original["pointing"] >= 0.8
-    assert result.row("T1")["pointing"] < original["pointing"] - 0.3
+    # the honest explanation points at the object; T2/T3's lies do not, nor T4's with stickers
+    # (T1's flat map keeps the honest ripple on top, so its argmax says nothing; its L1 does)
+    assert original["pointing"] >= 0.75
+    for name in ("T2", "T3"):
+        assert result.row(name)["pointing"] < original["pointing"] - 0.3, name
     assert result.row("T4", "sticker")["pointing"] < result.row("original", "sticker")["pointing"] - 0.3
+    assert result.row("T1")["l1_median"] < 0.05
 
 
 def test_t2_target_is_the_smiley_features():
