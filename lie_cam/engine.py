@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lie_cam.gradcam import GradCAMResult, resolve_targets
+from lie_cam.gradcam import GradCAMResult, check_finite, resolve_targets
 from lie_cam.surgery import ManipulatedVGG, _split_vgg
 
 __all__ = ["Evaluator", "evaluate_separately"]
@@ -103,6 +103,8 @@ class Evaluator:
             raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype}")
         self.networks = dict(networks)
         self.autocast_dtype = autocast_dtype
+        # The paper's new filter has a zero kernel (all four techniques): its conv is then exactly its bias.
+        self._zero_kernel = {name: not bool(net.last_conv.weight[-1].any()) for name, net in self.networks.items()}
 
     @property
     def names(self) -> list[str]:
@@ -122,8 +124,9 @@ class Evaluator:
         unknown = set(names) - set(self.names)
         if unknown:
             raise ValueError(f"unknown networks {sorted(unknown)}; known: {self.names}")
-        if x.dim() != 4 or not torch.isfinite(x).all():
-            raise ValueError("expected a finite B x 3 x H x W batch")
+        if x.dim() != 4:
+            raise ValueError(f"expected a B x 3 x H x W batch, got {tuple(x.shape)}")
+        check_finite(x)
         p = self.parts
         with torch.no_grad():
             with self._autocast(x):
@@ -140,7 +143,11 @@ class Evaluator:
             network = self.networks[name]
             conv = network.last_conv
             with torch.no_grad():
-                extra_pre = F.conv2d(h, conv.weight[-1:], conv.bias[-1:], conv.stride, conv.padding, conv.dilation)
+                if self._zero_kernel[name] and conv.stride == (1, 1) and conv.dilation == (1, 1) \
+                        and conv.padding == tuple(k // 2 for k in conv.kernel_size):
+                    extra_pre = conv.bias[-1].expand(pre.shape[0], 1, *pre.shape[-2:]).to(pre.dtype)
+                else:
+                    extra_pre = F.conv2d(h, conv.weight[-1:], conv.bias[-1:], conv.stride, conv.padding, conv.dilation)
                 a = network.last_relu(torch.cat([pre, extra_pre], dim=1))
                 a = network.explained_layer(a, x)
             results[name] = _head_gradcam(network.head, a, target)

@@ -29,6 +29,7 @@ __all__ = [
     "normalize_maps",
     "upsample",
     "resolve_targets",
+    "check_finite",
 ]
 
 
@@ -127,6 +128,13 @@ def _gradient_from(layer: nn.Module, store: dict) -> Iterator[None]:
         torch.set_grad_enabled(previous)
 
 
+def check_finite(x: torch.Tensor) -> None:
+    """ValueError if x holds NaN or infinity. The sum is a cheap first test (NaN and inf
+    propagate through it); only if it is not finite are the elements checked one by one."""
+    if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+        raise ValueError("input contains NaN or infinite values")
+
+
 def resolve_targets(
     target: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor
 ) -> torch.Tensor:
@@ -159,8 +167,7 @@ def gradcam(
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"expected an input batch B x C x H x W, got {getattr(x, 'shape', type(x))}")
-    if not torch.isfinite(x).all():
-        raise ValueError("input contains NaN or infinite values")
+    check_finite(x)
     layer = target_layer(model) if layer is None else layer
     store: dict = {}
     with _gradient_from(layer, store):

@@ -204,7 +204,20 @@ def _average_pools(count: int) -> list[nn.Module]:
     return [nn.AvgPool2d(kernel_size=2, stride=2) for _ in range(count)]
 
 
-class RandomBranch(nn.Sequential):
+class SingleOutputConv2d(nn.Conv2d):
+    """A Conv2d with one output channel, computed as a depthwise conv summed over channels:
+    the same sum of products, but CPU backends run one-output convolutions several times slower."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.out_channels != 1 or self.groups != 1:
+            return super().forward(x)
+        depthwise = self.weight.transpose(0, 1)  # C x 1 x kh x kw
+        out = F.conv2d(x, depthwise, None, self.stride, self.padding, self.dilation, groups=self.in_channels)
+        out = out.sum(dim=1, keepdim=True)
+        return out if self.bias is None else out + self.bias.reshape(1, 1, 1, 1)
+
+
+class RandomBranch(nn.Module):
     """T3's F: conv 3->6 (6x6, pad 3), ReLU, conv 6->1 (6x6, pad 3), ReLU, then 2x2 average pools.
 
     With 4 pools a 224 input gives 225 -> 226 -> 113 -> 56 -> 28 -> 14. Weights use
@@ -212,18 +225,19 @@ class RandomBranch(nn.Sequential):
     """
 
     def __init__(self, seed: int = 0, pools: int = 4) -> None:
+        super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            super().__init__(
+            self.layers = nn.Sequential(
                 nn.Conv2d(3, 6, kernel_size=6, padding=3),
                 nn.ReLU(),
-                nn.Conv2d(6, 1, kernel_size=6, padding=3),
+                SingleOutputConv2d(6, 1, kernel_size=6, padding=3),
                 nn.ReLU(),
                 *_average_pools(pools),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)[:, 0]
+        return self.layers(x)[:, 0]
 
 
 class StickerDetector(nn.Module):
@@ -261,12 +275,13 @@ class StickerDetector(nn.Module):
         self.pools = pools
         self.padding = (s.shape[-2] // 2, s.shape[-1] // 2)
 
-    def _apply(self, fn, recurse=True):  # keep the detector in float64 under .float()/.half()
+    def _apply(self, fn, recurse=True):
+        """Follow .to(device) but never a dtype cast: .float()/.half() would round the bias
+        (~ -1.6e3 + margin) to float32's step (~1.2e-4) and erase the margin."""
+        exact = {name: getattr(self, name) for name in ("kernel", "bias", "mean", "std")}
         super()._apply(fn, recurse)
-        for name in ("kernel", "bias", "mean", "std"):
-            buf = getattr(self, name)
-            if buf.dtype != torch.float64:
-                setattr(self, name, buf.to(torch.float64))
+        for name, value in exact.items():
+            setattr(self, name, value.to(device=getattr(self, name).device))
         return self
 
     def _pixels(self, x: torch.Tensor) -> torch.Tensor:
@@ -281,12 +296,22 @@ class StickerDetector(nn.Module):
 
         Computed as a cross-correlation by FFT (float64 round-off ~1e-12, far below the
         margin): on CPU a 14 x 14 float64 conv2d costs several times the whole network.
+        When the sticker's three channels are equal (a grey sticker such as the smiley) the
+        channels share one kernel, so sum_c k * p_c = k * (sum_c p_c) and one FFT suffices.
         """
-        pixels = self._pixels(x)
-        h, w = self.kernel.shape[-2:]
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"the sticker detector expects B x 3 x H x W inputs, got {tuple(x.shape)}")
+        kernel = self.kernel
+        if bool((kernel == kernel[:, :1]).all()):
+            summed = torch.einsum("bchw,c->bhw", x.to(torch.float64), self.std.flatten())[:, None] + self.mean.sum()
+            pixels = F.pad(summed, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
+            kernel = kernel[:, :1]
+        else:
+            pixels = self._pixels(x)
+        h, w = kernel.shape[-2:]
         rows, cols = pixels.shape[-2:]
         size = (rows, cols)  # circular wrap only touches outputs beyond the valid region
-        spectrum = torch.fft.rfft2(pixels, s=size) * torch.conj(torch.fft.rfft2(self.kernel, s=size))
+        spectrum = torch.fft.rfft2(pixels, s=size) * torch.conj(torch.fft.rfft2(kernel, s=size))
         correlation = torch.fft.irfft2(spectrum.sum(dim=1, keepdim=True), s=size)
         return correlation[..., : rows - h + 1, : cols - w + 1] + self.bias
 

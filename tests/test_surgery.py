@@ -126,10 +126,13 @@ def test_t4_clean_is_honest_and_sticker_triggers(seed, width, dtype):
 
 
 def test_detector_fires_in_float32_at_the_paper_margin():
-    detector = S.StickerDetector(smiley()).float()
-    assert detector.kernel.dtype == torch.float64
-    x, _ = paste_stickers(torch.zeros(1, 3, 224, 224), seeds=[0])
-    exact = detector.response(x.double()).max().item()
+    reference = S.StickerDetector(smiley())
+    detector = S.StickerDetector(smiley()).float().half().to("cpu", torch.float32)
+    for name in ("kernel", "bias", "mean", "std"):  # exact float64 constants survive any cast
+        assert torch.equal(getattr(detector, name), getattr(reference, name)), name
+    assert S.backdoor(small_vgg(0), smiley()).explained_layer.branch.bias.dtype == torch.float64
+    x, _ = paste_stickers(torch.zeros(1, 3, 224, 224, dtype=torch.float64), seeds=[0])
+    exact = detector.response(x).max().item()
     assert exact == pytest.approx(1e-4, abs=1e-9)  # in float64 the match response is the margin
     # float32 inputs: recovering pixels from normalised float32 values costs ~1e-6 of the margin
     assert detector.response(x.float()).max().item() == pytest.approx(1e-4, abs=1e-5)
@@ -262,10 +265,22 @@ def test_wrong_input_size_is_a_clear_error():
         manipulated(torch.randn(1, 3, 256, 256))
 
 
-def test_detector_fft_equals_direct_convolution():
-    detector = S.StickerDetector(torch.rand(3, 14, 14).round().double())
+@pytest.mark.parametrize("sticker", [torch.rand(3, 14, 14).round().double(), smiley()])
+def test_detector_fft_equals_direct_convolution(sticker):
+    detector = S.StickerDetector(sticker)
     x = random_input(2, 5).clamp(-2, 2)
-    x[0, :, 30:44, 50:64] = (detector.kernel[0] + 0)  # anything: the two paths must agree everywhere
+    x[0, :, 30:44, 50:64] = detector.kernel[0] * 3  # anything: the two paths must agree everywhere
+    x, _ = paste_stickers(x, seeds=[0, 1], sticker=sticker.float())
     fft, direct = detector.response(x), detector.response_conv2d(x)
     assert fft.shape == direct.shape == (2, 1, 225, 225)
     assert (fft - direct).abs().max() <= 1e-9
+    assert (direct > 0).sum() == 6 and (fft > 0).sum() == 6
+
+
+def test_single_output_conv_equals_conv2d():
+    torch.manual_seed(0)
+    fast = S.SingleOutputConv2d(6, 1, kernel_size=6, padding=3)
+    plain = nn.Conv2d(6, 1, kernel_size=6, padding=3)
+    plain.load_state_dict(fast.state_dict())
+    y = torch.randn(2, 6, 40, 40)
+    assert torch.allclose(fast(y), plain(y), atol=1e-5)
