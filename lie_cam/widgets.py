@@ -6,13 +6,18 @@ Each explorer holds
     .update()  rebuild the network for the current values, recompute, redraw; returns `.last`,
     .last      dict of the numbers just drawn (see below),
     .figure    the matplotlib Figure (2 axes: the overlay and |alpha_k| per channel),
-    .widget    the ipywidgets box (controls, read-out, Output); the explorer displays as it.
+    .image     an ipywidgets Image holding the figure as PNG (redrawn on every update),
+    .widget    the ipywidgets box (controls, read-out, image); the explorer displays as it.
 
 Numbers in `.last` (one image, the manipulated network explains its own top class):
     score_change   max_c |y_o,c - y_n,c|, original vs manipulated logits
     alpha_extra    alpha_{K+1}, the weight Grad-CAM gives the added channel (Eq. 2)
     alpha_share    |alpha_{K+1}| / sum_{k=1}^{K+1} |alpha_k|: the added channel's share of the
-                   total absolute channel weight (1 = Grad-CAM looks at nothing else)
+                   total absolute channel weight
+    map_share      |alpha_{K+1}| S_{K+1} / sum_k |alpha_k| S_k with S_k = sum_ij A^k_ij: the added
+                   channel's share of the total absolute mass of the terms of Eq. 1 (1 = the map is
+                   the added channel alone). It can be near 1 while alpha_share is small, when
+                   A^{K+1} is huge (T3: c_F F(x))
     l1             sum_ij |I~_T - I~_n|: distance of the normalised map to the technique's target
     class_original, class_manipulated   the argmax classes
     plus the current parameter values and "precision".
@@ -32,7 +37,7 @@ from lie_cam.gradcam import GradCAMResult, gradcam
 from lie_cam.metrics import l1_distance, score_change
 from lie_cam.surgery import ManipulatedVGG, constant_flat, semi_random, target_explanation
 
-__all__ = ["alpha_share", "Explorer", "T1Explorer", "T3Explorer"]
+__all__ = ["alpha_share", "map_share", "Explorer", "T1Explorer", "T3Explorer"]
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
@@ -47,6 +52,16 @@ def alpha_share(alpha: torch.Tensor) -> torch.Tensor:
                        torch.zeros_like(total))
 
 
+def map_share(alpha: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """|alpha_{K+1}| S_{K+1} / sum_k |alpha_k| S_k per image, S_k = sum_ij A^k_ij (A >= 0 after the
+    ReLU): the added channel's share of the mass of the terms alpha_k A^k of Grad-CAM's Eq. 1."""
+    if alpha.dim() != 2 or activations.dim() != 4 or activations.shape[:2] != alpha.shape:
+        raise ValueError(f"expected B x K weights and B x K x H x W activations, got "
+                         f"{tuple(alpha.shape)} and {tuple(activations.shape)}")
+    terms = alpha.abs() * activations.abs().flatten(2).sum(dim=2)
+    return alpha_share(terms)
+
+
 class _CachedTrunk(nn.Module):
     """The surgery leaves the layers below the last conv untouched, so their output for the
     explorer's own image is computed once and reused; any other input runs the real layers."""
@@ -59,15 +74,6 @@ class _CachedTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.h if x is self.x else self.trunk(x)
-
-
-def _in_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 class Explorer:
@@ -100,8 +106,8 @@ class Explorer:
         self.sliders["precision"] = widgets.ToggleButtons(options=list(PRECISIONS), value=precision,
                                                           description="precision")
         self.readout = widgets.HTML()
-        self.output = widgets.Output()
-        self.widget = widgets.VBox([*self.sliders.values(), self.readout, self.output])
+        self.image = widgets.Image(format="png")
+        self.widget = widgets.VBox([*self.sliders.values(), self.readout, self.image])
         self.figure = self._new_figure()
         for control in self.sliders.values():
             control.observe(self._changed, names="value")
@@ -142,6 +148,8 @@ class Explorer:
         manipulated.trunk = _CachedTrunk(manipulated.trunk, x, self._trunks[precision])
         result = gradcam(manipulated, x)
         target = target_explanation(manipulated, x)
+        with torch.no_grad():
+            activations = manipulated.activations(x)
         self._latest = (manipulated, result, target)
         return {
             **params,
@@ -149,6 +157,7 @@ class Explorer:
             "score_change": score_change(honest.logits, result.logits).item(),
             "alpha_extra": result.alpha[0, -1].item(),
             "alpha_share": alpha_share(result.alpha).item(),
+            "map_share": map_share(result.alpha, activations).item(),
             "l1": l1_distance(target, result.normalized).item(),
             "class_original": int(honest.classes[0]),
             "class_manipulated": int(result.classes[0]),
@@ -168,7 +177,7 @@ class Explorer:
 
     def _readout_html(self, r: dict[str, Any]) -> str:
         return (f"<code>score change {r['score_change']:.3g} &nbsp; alpha_K+1 {r['alpha_extra']:.3g} &nbsp; "
-                f"share {r['alpha_share']:.3f} &nbsp; L1 to target {r['l1']:.3g} &nbsp; "
+                f"alpha share {r['alpha_share']:.3f} &nbsp; map share {r['map_share']:.3f} &nbsp; L1 to target {r['l1']:.3g} &nbsp; "
                 f"class {r['class_original']} &rarr; {r['class_manipulated']}</code>")
 
     def _new_figure(self):
@@ -194,13 +203,8 @@ class Explorer:
         ax_alpha.bar(range(alpha.numel()), alpha.abs().clamp_min(1e-12).numpy(), color=colours, width=1.0)
         ax_alpha.set_yscale("log")
         ax_alpha.set_xlabel("channel k (red: the added K+1)", fontsize=8)
-        ax_alpha.set_title(f"|alpha_k|; share of K+1: {r['alpha_share']:.3f}", fontsize=9)
-        if _in_kernel():
-            from IPython.display import Image, clear_output, display
-
-            with self.output:
-                clear_output(wait=True)
-                display(Image(data=png_bytes(self.figure, dpi=80), format="png"))
+        ax_alpha.set_title(f"|alpha_k|; K+1 share: alpha {r['alpha_share']:.3f}, map {r['map_share']:.3f}", fontsize=9)
+        self.image.value = png_bytes(self.figure, dpi=80)
 
     def sweep(self, name: str, values: Sequence[float], precision: str | None = None) -> list[dict[str, Any]]:
         """Measure the manipulation for each value of one constant, the others at their slider
@@ -218,7 +222,8 @@ class Explorer:
         records = self.sweep(name, values, precision)
         label = label or (lambda v: f"{name} = {v:.0e}")
         maps = {label(r[name]): r["map"] for r in records}
-        notes = {label(r[name]): f"Δy {r['score_change']:.1e}, share {r['alpha_share']:.2f}" for r in records}
+        notes = {label(r[name]): f"Δy {r['score_change']:.0e}, α {r['alpha_share']:.2f}, map {r['map_share']:.2f}"
+                 for r in records}
         prec = precision or self.sliders["precision"].value
         return sweep_grid(self._image, maps, notes, suptitle=f"{self.technique}: sweeping {name} ({prec})")
 
@@ -257,7 +262,7 @@ class T1Explorer(Explorer):
 
 class T3Explorer(Explorer):
     """T3 (semi-random explanation): sliders eps (log scale, 1e-4 .. 1) and c_G (log scale,
-    1 .. 1e8); c_F and the branch's seed are fixed.
+    1e-8 .. 1e8); c_F and the branch's seed are fixed.
 
     y_n = y_o + eps mod(c_G sum A^{K+1}, 1), so the score change is at most eps whatever c_G;
     alpha_{K+1} = eps c_G (the derivative of the mod is 1 almost everywhere). In float32
@@ -279,7 +284,7 @@ class T3Explorer(Explorer):
             "eps": widgets.FloatLogSlider(value=self._initial["eps"], base=10, min=-4, max=0, step=0.25,
                                           description="eps", continuous_update=False, style=style,
                                           readout_format=".1e"),
-            "c_G": widgets.FloatLogSlider(value=self._initial["c_G"], base=10, min=0, max=8, step=0.5,
+            "c_G": widgets.FloatLogSlider(value=self._initial["c_G"], base=10, min=-8, max=8, step=0.5,
                                           description="c_G", continuous_update=False, style=style,
                                           readout_format=".0e"),
         }

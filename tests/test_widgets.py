@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lie_cam.data import synthetic_split
-from lie_cam.widgets import T1Explorer, T3Explorer, alpha_share
+from lie_cam.widgets import T1Explorer, T3Explorer, alpha_share, map_share
 
 from conftest import small_vgg
 
@@ -29,6 +29,17 @@ def test_alpha_share():
     assert alpha_share(alpha).tolist() == pytest.approx([0.5, 0.0, 0.5])
     with pytest.raises(ValueError):
         alpha_share(torch.ones(3))
+
+
+def test_map_share():
+    alpha = torch.tensor([[1.0, -2.0, 0.5]])
+    A = torch.zeros(1, 3, 2, 2)
+    A[0, 0] = 1.0   # mass 4, term 4
+    A[0, 1] = 0.5   # mass 2, term 4
+    A[0, 2] = 4.0   # mass 16, term 8
+    assert map_share(alpha, A).item() == pytest.approx(8 / 16)
+    with pytest.raises(ValueError):
+        map_share(alpha, torch.zeros(1, 2, 2, 2))
 
 
 def test_t1_sliders_drive_alpha(model, picture):
@@ -79,11 +90,15 @@ def test_t3_eps_bounds_the_score_change(model, picture):
         assert 0 <= ex.last["score_change"] <= eps
         # dG/dA_ij = eps * c_G at every pixel, so alpha_{K+1} = eps * c_G.
         assert ex.last["alpha_extra"] == pytest.approx(eps * ex.last["c_G"], rel=1e-6)
-    shares = []
-    for c_G in (1.0, 1e2, 1e4):
+    shares, maps = [], []
+    for c_G in (1e-6, 1e-2, 1e2):
         ex.sliders["c_G"].value = c_G
         shares.append(ex.last["alpha_share"])
+        maps.append(ex.last["map_share"])
     assert shares[0] < shares[1] < shares[2]
+    assert maps[0] < maps[1] < maps[2] and all(0 <= m <= 1 for m in maps)
+    # A^{K+1} = c_F F(x) is huge: the map is taken over long before alpha_{K+1} dominates the weights.
+    assert maps[1] > 0.9 > shares[1]
 
 
 def test_t3_float32_mod_collapse(model, picture):
@@ -100,9 +115,11 @@ def test_redraw_and_sweep(model, picture):
     ax_map, ax_alpha = ex.figure.axes
     assert len(ax_map.images) == 2
     assert len(ax_alpha.patches) == ex.result.alpha.shape[1]
-    before = ax_alpha.get_title()
+    before, png_before = ax_alpha.get_title(), ex.image.value
+    assert png_before[:8] == b"\x89PNG\r\n\x1a\n"
     ex.sliders["c_W"].value = 0.01
     assert ax_alpha.get_title() != before and f"{ex.last['alpha_share']:.3f}" in ax_alpha.get_title()
+    assert ex.image.value != png_before  # the displayed picture was redrawn
     assert f"{ex.last['score_change']:.3g}" in ex.readout.value
     records = ex.sweep("c_W", [1.0, 10.0, 100.0])
     assert [r["c_W"] for r in records] == [1.0, 10.0, 100.0]
@@ -115,8 +132,8 @@ def test_redraw_and_sweep(model, picture):
 
 
 def test_update_is_fast_with_the_embedded_size():
-    """The embedded model's architecture (width 1/8): an update (rebuild, Grad-CAM, redraw)
-    takes well under a second on a CPU."""
+    """The embedded model's architecture (width 1/8): an update (rebuild, Grad-CAM, redraw
+    to PNG) takes less than a second on a CPU (best of three, against a loaded machine)."""
     from lie_cam.models import compact_vgg16
 
     torch.manual_seed(0)
