@@ -12,6 +12,9 @@ T3/T4 add a branch F to A^{K+1} and a score branch G added to every logit
 so |y_n - y_o| <= eps while dG/dA^{K+1}_ij = eps * c_G for every pixel.
 
 Every function returns a new `ManipulatedVGG` and leaves the model it is given as it was.
+The folded bias is computed in float64 and rounded once to the model's dtype: build from a
+float64 copy (`model.double()`) when you want float64 exactness, since `.double()` after the
+surgery keeps the float32 rounding of b_o - c_A c_W N_Z (up to 0.016 for T1's 490000).
 """
 
 from __future__ import annotations
