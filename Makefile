@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 book: setup
-	$(PYTHON) -m jupyter_book build . -W --keep-going
+	$(dir $(PYTHON))jupyter-book build . -W --keep-going
 
 test: setup
 	$(PYTHON) -m pytest -p no:cacheprovider --nbval-lax --ignore=_build tests book
