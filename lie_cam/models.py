@@ -122,9 +122,13 @@ def load_embedded(path: str | Path | None = None, verify: bool = True) -> nn.Mod
     if not path.exists():
         raise FileNotFoundError(f"no embedded model at {path}: it ships in data/ of the repository; "
                                 "retrain with `python -m lie_cam.train`")
-    meta = embedded_metadata() if path.resolve() == EMBEDDED_WEIGHTS.resolve() or path.name == EMBEDDED_WEIGHTS.name else {}
+    if path.resolve() == EMBEDDED_WEIGHTS.resolve():
+        meta = embedded_metadata()
+    else:  # a retrained model: `python -m lie_cam.train --out FILE` writes its recipe beside it
+        recipe = path.with_suffix(".json")
+        meta = json.loads(recipe.read_text()) if recipe.exists() else {}
     if verify and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
-        raise ValueError(f"{path} does not match the sha256 recorded in {EMBEDDED_RECIPE}: the file was changed or corrupted")
+        raise ValueError(f"{path} does not match the sha256 recorded in its recipe: the file was changed or corrupted")
     arch = meta.get("architecture", {"width": 0.125, "num_classes": EMBEDDED_CLASSES, "hidden": 256})
     model = compact_vgg16(**arch)
     model.load_state_dict(load_file(str(path)))

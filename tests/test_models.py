@@ -118,3 +118,18 @@ def test_a_training_step_runs_and_changes_the_weights():
     loss = train_step(model, optimizer, x, y)
     assert 0 < loss < 10
     assert not torch.equal(before, model.features[0].weight)
+
+
+def test_retrained_model_elsewhere_is_checked_against_its_own_recipe(tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "compact_vgg16.safetensors"
+    shutil.copy(EMBEDDED_WEIGHTS, copy)
+    recipe = embedded_metadata()
+    (tmp_path / "compact_vgg16.json").write_text(json.dumps(recipe))
+    assert isinstance(load_embedded(copy), torch.nn.Module)
+    recipe["sha256"] = "0" * 64
+    (tmp_path / "compact_vgg16.json").write_text(json.dumps(recipe))
+    with pytest.raises(ValueError, match="sha256"):
+        load_embedded(copy)
