@@ -71,7 +71,7 @@ def _shape_mask(label: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         x, y = u * 1.15, v * 1.15 + 0.1
         return (x * x + y * y - 1) ** 3 - x * x * y**3 <= 0
     if label == 9:  # arrow: shaft and head
-        shaft = (u >= -1.0) & (u <= 0.2) & (np.abs(v) <= 0.22)
+        shaft = (u >= -1.0) & (u <= 0.2) & (np.abs(v) <= 0.3)
         head = (u >= 0.2) & (u <= 1.0) & (np.abs(v) <= 0.65 * (1.0 - u) / 0.8)
         return shaft | head
     raise ValueError(f"label must be in [0, {len(CLASS_NAMES)}), got {label}")
@@ -114,7 +114,8 @@ def render_scene(seed: int) -> tuple[np.ndarray, int, np.ndarray]:
         img[stroke] = _random_colour(rng)
 
     # The object.
-    radius = rng.uniform(28, 60)
+    # Radii of 40-70 px: the object spans several of A's 16-px cells, so a 14 x 14 map can point at it.
+    radius = rng.uniform(40, 70)
     margin = radius * 1.05 + 2
     cy, cx = rng.uniform(margin, size - margin, size=2)
     rotation = rng.uniform(0, 2 * math.pi)

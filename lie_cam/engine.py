@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lie_cam.gradcam import GradCAMResult, check_finite, resolve_targets
-from lie_cam.surgery import ManipulatedVGG, _split_vgg
+from lie_cam.surgery import ManipulatedVGG, _split_vgg, pool_for_classifier
 
 __all__ = ["Evaluator", "evaluate_separately"]
 
@@ -117,7 +117,7 @@ class Evaluator:
 
     def _original_head(self, a: torch.Tensor) -> torch.Tensor:
         p = self.parts
-        return p.classifier(torch.flatten(p.avgpool(p.head_features(a)), 1))
+        return p.classifier(torch.flatten(pool_for_classifier(p.avgpool, p.head_features(a)), 1))
 
     def run(self, x: torch.Tensor, names: Iterable[str] | None = None, target=None) -> dict[str, GradCAMResult]:
         names = self.names if names is None else list(names)

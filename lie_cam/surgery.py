@@ -203,6 +203,17 @@ class ModScoreBranch(nn.Module):
         return (self.eps * torch.remainder(total, 1.0))[:, None]
 
 
+def pool_for_classifier(avgpool: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """avgpool(z), skipped where it is the identity: an adaptive average pool to z's own size
+    averages one value per output (torchvision's VGG at 224 x 224: 7 x 7 -> 7 x 7)."""
+    if isinstance(avgpool, nn.AdaptiveAvgPool2d):
+        size = avgpool.output_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if size == tuple(z.shape[-2:]):
+            return z
+    return avgpool(z)
+
+
 def _average_pools(count: int) -> list[nn.Module]:
     return [nn.AvgPool2d(kernel_size=2, stride=2) for _ in range(count)]
 
@@ -233,9 +244,9 @@ class RandomBranch(nn.Module):
             torch.manual_seed(seed)
             self.layers = nn.Sequential(
                 nn.Conv2d(3, 6, kernel_size=6, padding=3),
-                nn.ReLU(),
+                nn.ReLU(inplace=True),  # in place: 6 x 225 x 225 per image is worth not copying
                 SingleOutputConv2d(6, 1, kernel_size=6, padding=3),
-                nn.ReLU(),
+                nn.ReLU(inplace=True),
                 *_average_pools(pools),
             )
 
@@ -257,6 +268,11 @@ class StickerDetector(nn.Module):
     1e-4 and an exact match could come out negative. In float64 the margin is resolved
     with ~8 orders of magnitude to spare; a float32 input still carries its own
     rounding, which moves the recovered response by ~2e-6 (2% of the margin).
+
+    `response` computes r everywhere (by FFT). `forward` needs only ReLU(r), which for a binary
+    grey sticker such as the paper's smiley is positive at very few positions: it evaluates r
+    there alone, with a bound that proves r <= 0 elsewhere (`_forward_sparse`), and falls back to
+    the FFT for other stickers or inputs far outside the pixel range. Same values, same gradient.
     """
 
     def __init__(
@@ -277,6 +293,17 @@ class StickerDetector(nn.Module):
         self.margin = float(margin)
         self.pools = pools
         self.padding = (s.shape[-2] // 2, s.shape[-1] // 2)
+        # A grey binary sticker (the paper's smiley) allows the exact sparse evaluation of `forward`.
+        grey = s[0]
+        self._sparse = bool(((grey == 0) | (grey == 1)).all()) and bool((s == grey).all())
+        if self._sparse:
+            black = (grey == 0).nonzero().tolist()
+            white = (grey == 1).nonzero().tolist()
+            # A few pixels of each colour, spread over the sticker, to prune candidate positions.
+            self._probe_black, self._probe_white = _spread(black, 4), _spread(white, 4)
+            self._k_white = float(kernel[0][grey == 1][0])   # 1 - mean(s) > 0
+            self._k_black = -float(kernel[0][grey == 0][0])  # mean(s) > 0
+            self._n_white, self._n_black = len(white), len(black)
 
     def _apply(self, fn, recurse=True):
         """Follow .to(device) but never a dtype cast: .float()/.half() would round the bias
@@ -323,10 +350,88 @@ class StickerDetector(nn.Module):
         return F.conv2d(self._pixels(x), self.kernel, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """F(x) = avgpool^pools(ReLU(r)), B x H' x W' in float64."""
+        if self._sparse and x.dim() == 4 and x.shape[1] == 3:
+            out = self._forward_sparse(x)
+            if out is not None:
+                return out
+        return self._forward_dense(x)
+
+    def _forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.response(x))
         for _ in range(self.pools):
             out = F.avg_pool2d(out, 2)
         return out[:, 0]
+
+    def _forward_sparse(self, x: torch.Tensor, max_candidates_per_image: int = 4096) -> torch.Tensor | None:
+        """The same F(x), exactly, from r evaluated only where it can be positive.
+
+        Write P = sum_c p_c (the sticker is grey) and r = sum_u k_u (P_u - 3 s_u) + margin. For a
+        binary sticker every term is <= 0 while P lies in [0, 3] (k > 0 where s = 1, k < 0 where
+        s = 0); if P leaves [0, 3] by at most e_lo below and e_hi above, the terms add up to at most
+        E = n_white k_white e_hi + n_black |k_black| e_lo. So r > 0 needs, at every pixel u,
+            white:  P_u > 3 - (margin + E) / k_white,      black:  P_u < (margin + E) / |k_black|.
+        A few such pixels prune the positions (in float32, with slack: a superset); r is then
+        computed in float64 at the survivors, and is <= 0, so ReLU(r) = 0, everywhere else.
+        Returns None (use the dense path) when too many positions survive.
+        """
+        batch, _, rows, cols = x.shape
+        kh, kw = self.kernel.shape[-2:]
+        out_rows, out_cols = rows + 2 * self.padding[0] - kh + 1, cols + 2 * self.padding[1] - kw + 1
+        cell = 2**self.pools
+        pooled_rows, pooled_cols = out_rows // cell, out_cols // cell
+        with torch.no_grad():
+            # The candidate test needs P to ~1e-6: at least float32.
+            probe = x if x.dtype in (torch.float32, torch.float64) else x.float()
+            std32 = self.std.to(probe.dtype)
+            if probe.is_contiguous():
+                grey = (probe * std32).sum(dim=1)
+            else:  # channels-last: a matrix-vector product over the innermost dimension
+                grey = torch.einsum("bchw,c->bhw", probe, std32.flatten())
+            grey = grey + self.mean.sum().to(probe.dtype)
+            if not bool(torch.isfinite(grey).all()):
+                return None
+            lowest, highest = torch.aminmax(grey.flatten(1), dim=1)
+            # |P in x.dtype - P in float64| is ~1e-6 for float32: 1e-4 keeps the bound safe.
+            tolerance = 0.0 if probe.dtype == torch.float64 else 1e-4
+            e_lo = (tolerance - lowest.to(torch.float64)).clamp(min=0)
+            e_hi = (highest.to(torch.float64) + tolerance - 3).clamp(min=0)
+            budget = self.margin + self._n_white * self._k_white * e_hi + self._n_black * self._k_black * e_lo
+            slack = 1e-3  # far above float32's error in P: the float32 test only widens the set
+            white_above = (3 - budget / self._k_white - slack).to(probe.dtype).reshape(-1, 1, 1)
+            black_below = (budget / self._k_black + slack).to(probe.dtype).reshape(-1, 1, 1)
+            pad = (self.padding[1], self.padding[1], self.padding[0], self.padding[0])
+            # Outside the image the detector sees black pixels (P = 0).
+            is_white = F.pad(grey > white_above, pad, value=False)
+            is_black = F.pad(grey < black_below, pad, value=True)
+            candidate = None
+            for probes, condition in ((self._probe_white, is_white), (self._probe_black, is_black)):
+                for du, dv in probes:
+                    here = condition[:, du : du + out_rows, dv : dv + out_cols]
+                    candidate = here.clone() if candidate is None else candidate.logical_and_(here)
+            b, i, j = candidate.nonzero(as_tuple=True)
+        if b.numel() > max_candidates_per_image * batch:
+            return None
+        out = torch.zeros(batch, pooled_rows, pooled_cols, dtype=torch.float64, device=x.device)
+        if b.numel() == 0:
+            return out
+        # r at the survivors, in float64 from the window's pixels (0 outside the image).
+        window_rows = i[:, None] - self.padding[0] + torch.arange(kh, device=x.device)  # n x kh
+        window_cols = j[:, None] - self.padding[1] + torch.arange(kw, device=x.device)  # n x kw
+        inside = ((window_rows >= 0) & (window_rows < rows))[:, :, None] & ((window_cols >= 0) & (window_cols < cols))[:, None, :]
+        values = x[b[:, None, None], :, window_rows.clamp(0, rows - 1)[:, :, None], window_cols.clamp(0, cols - 1)[:, None, :]]
+        pixels = values.to(torch.float64) @ self.std.flatten() + self.mean.sum()  # n x kh x kw
+        pixels = torch.where(inside, pixels, torch.zeros((), dtype=torch.float64, device=x.device))
+        response = (pixels * self.kernel[0, 0]).sum(dim=(1, 2)) + self.bias
+        keep = (response > 0) & (i < pooled_rows * cell) & (j < pooled_cols * cell)
+        # avgpool^pools of a map that is ReLU(r) at these positions and 0 elsewhere.
+        return out.index_put((b[keep], i[keep] // cell, j[keep] // cell), response[keep] / cell**2, accumulate=True)
+
+
+def _spread(cells: list[list[int]], count: int) -> list[tuple[int, int]]:
+    """`count` of the (row, col) cells, evenly spaced in row-major order."""
+    steps = torch.linspace(0, len(cells) - 1, min(count, len(cells)))
+    return [tuple(cells[int(round(float(t)))]) for t in steps]
 
 
 def _check_sticker(sticker: torch.Tensor) -> torch.Tensor:
@@ -376,7 +481,7 @@ class ManipulatedVGG(nn.Module):
 
     def head(self, a: torch.Tensor) -> torch.Tensor:
         """Scores from A (the part Grad-CAM differentiates)."""
-        y = self.classifier(torch.flatten(self.avgpool(self.tail(a)), 1))
+        y = self.classifier(torch.flatten(pool_for_classifier(self.avgpool, self.tail(a)), 1))
         if self.score_branch is not None:
             y = y + self.score_branch(a[:, -1]).to(y.dtype)
         return y

@@ -284,3 +284,73 @@ def test_single_output_conv_equals_conv2d():
     plain.load_state_dict(fast.state_dict())
     y = torch.randn(2, 6, 40, 40)
     assert torch.allclose(fast(y), plain(y), atol=1e-5)
+
+
+def _scenes_for_the_detector() -> dict[str, torch.Tensor]:
+    """Inputs that stress the sparse path's pruning: saturated black/white regions, pixels a
+    little and far outside [0, 1], channels-last memory, a sticker cut by the image border."""
+    from lie_cam.data import normalize, synthetic_split
+
+    clean = synthetic_split("test", 3)[0]
+    stickered, _ = paste_stickers(clean, seeds=[5, 6, 7])
+    pixels = torch.zeros(2, 3, 224, 224)
+    pixels[:, :, :, 112:] = 1.0  # half black, half white: the pruning probes meet along the edge
+    pixels[1, :, 40:54, 100:114] = smiley()  # a sticker across the edge
+    pixels[1, :, 0:7, 0:14] = smiley()[7:]  # a sticker cut by the top border (a match is impossible)
+    saturated = normalize(pixels)
+    return {
+        "clean": clean,
+        "stickered": stickered,
+        "stickered_float64": stickered.double(),
+        "stickered_channels_last": stickered.contiguous(memory_format=torch.channels_last),
+        "saturated": saturated,
+        "slightly_out_of_range": stickered * 1.0005,
+        "far_out_of_range": stickered * 3,
+        "all_black": normalize(torch.zeros(1, 3, 224, 224)),
+        "all_white": normalize(torch.ones(1, 3, 224, 224)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_scenes_for_the_detector()))
+def test_detector_sparse_path_equals_dense(name):
+    x = _scenes_for_the_detector()[name]
+    detector = S.StickerDetector(smiley())
+    dense, sparse = detector._forward_dense(x), detector(x)
+    assert sparse.dtype == torch.float64 and sparse.shape == dense.shape == (x.shape[0], 14, 14)
+    assert torch.allclose(sparse, dense, rtol=1e-9, atol=1e-15)
+    assert torch.equal(sparse > 0, dense > 0)
+    if name.startswith("stickered"):
+        assert (sparse > 0).sum() == 3 * x.shape[0]
+    if name == "far_out_of_range":  # pruning cannot bound r there: the dense path answers
+        assert detector._forward_sparse(x) is None
+    else:
+        assert detector._forward_sparse(x) is not None
+
+
+def test_detector_sparse_path_has_the_dense_gradient():
+    detector = S.StickerDetector(smiley())
+    x = _scenes_for_the_detector()["stickered_float64"][:2].requires_grad_(True)
+    (sparse_grad,) = torch.autograd.grad(detector(x).sum(), x)
+    (dense_grad,) = torch.autograd.grad(detector._forward_dense(x).sum(), x)
+    assert sparse_grad.abs().sum() > 0
+    assert torch.allclose(sparse_grad, dense_grad, atol=1e-12)
+
+
+def test_detector_for_a_non_binary_sticker_uses_the_dense_path():
+    sticker = smiley() * 0.5 + 0.25
+    detector = S.StickerDetector(sticker)
+    x, _ = paste_stickers(random_input(1, 3).clamp(-2, 2), seeds=[0], sticker=sticker)
+    assert not detector._sparse
+    assert torch.equal(detector(x), detector._forward_dense(x))
+    assert (detector(x) > 0).sum() == 3
+
+
+def test_pool_for_classifier_skips_only_identity_pools():
+    z = torch.randn(2, 5, 7, 7)
+    identity = nn.AdaptiveAvgPool2d((7, 7))
+    assert S.pool_for_classifier(identity, z) is z and torch.equal(identity(z), z)
+    assert torch.equal(S.pool_for_classifier(nn.AdaptiveAvgPool2d(7), z), z)
+    shrinking = nn.AdaptiveAvgPool2d((3, 3))
+    assert torch.equal(S.pool_for_classifier(shrinking, z), shrinking(z))
+    z9 = torch.randn(2, 5, 9, 9)  # a 288 x 288 input: the pool does work
+    assert torch.equal(S.pool_for_classifier(identity, z9), identity(z9))
