@@ -38,7 +38,8 @@ from lie_cam.data import SyntheticScenes, paste_stickers  # noqa: E402
 from lie_cam.engine import Evaluator  # noqa: E402
 from lie_cam.gradcam import gradcam, target_layer  # noqa: E402
 from lie_cam.imagenet import ImageNetFolder, make_loader  # noqa: E402
-from lie_cam.reproduce import STICKER_SEED, build_networks  # noqa: E402
+from lie_cam.reproduce import STICKER_SEED
+from lie_cam.surgery import paper_networks  # noqa: E402
 
 GOALS = {
     "gradcam_speedup_vs_pytorch_grad_cam": 2.5,
@@ -134,7 +135,7 @@ def bench_gradcam(model, x, batch_size, device, repeats) -> dict:
 
 
 def bench_table(model, x, batch_size, device, repeats, autocast_dtype=None, naive_too=True) -> dict:
-    networks = build_networks(model)
+    networks = paper_networks(model)
     evaluator = Evaluator(model, networks, autocast_dtype=autocast_dtype)
     chunks = batches_of(x, batch_size)
     seeds = [[STICKER_SEED + i * batch_size + j for j in range(c.shape[0])] for i, c in enumerate(chunks)]

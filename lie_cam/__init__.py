@@ -11,14 +11,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lie_cam.gradcam import GradCAMResult, gradcam, target_layer
+from lie_cam.gradcam import GradCAMResult, gradcam, head_gradcam, target_layer
 
-__all__ = ["GradCAMResult", "gradcam", "target_layer", "surgery", "metrics", "data", "models", "imagenet",
-           "engine", "reproduce", "plotting", "widgets", "compat"]
+__all__ = ["GradCAMResult", "gradcam", "head_gradcam", "target_layer", "surgery", "branches", "metrics", "data",
+           "normalization", "models", "imagenet", "engine", "reproduce", "plotting", "widgets", "book", "compat",
+           "resources"]
 __version__ = "0.1.0"
 
-_SUBMODULES = {"surgery", "metrics", "data", "models", "imagenet", "engine", "reproduce", "plotting", "widgets",
-               "compat", "train"}
+_SUBMODULES = {"surgery", "branches", "metrics", "data", "normalization", "models", "imagenet", "engine", "reproduce",
+               "plotting", "widgets", "book", "compat", "resources", "train", "cli"}
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from lie_cam.surgery import IMAGENET_MEAN, IMAGENET_STD
+from lie_cam.normalization import denormalize, normalize
 
 __all__ = [
     "CLASS_NAMES",
@@ -32,6 +32,7 @@ __all__ = [
     "denormalize",
     "smiley",
     "smiley_7x7",
+    "smiley_target",
     "sticker_positions",
     "paste_stickers",
 ]
@@ -144,20 +145,6 @@ def _render_many(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return images, labels, masks
 
 
-def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """(p - mean) / std per channel for B x 3 x H x W pixel values in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=pixels.dtype, device=pixels.device).reshape(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=pixels.dtype, device=pixels.device).reshape(1, 3, 1, 1)
-    return (pixels - mean) / std
-
-
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """Pixel values in [0, 1] from a normalised B x 3 x H x W batch (for display)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
-    return (x * std + mean).clamp(0, 1)
-
-
 def uint8_to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """B x H x W x 3 uint8 images -> normalised float32 B x 3 x H x W."""
     tensor = torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255)
@@ -219,6 +206,19 @@ def smiley_7x7() -> torch.Tensor:
 def smiley() -> torch.Tensor:
     """The 14 x 14 binary sticker: the 7 x 7 smiley upsampled x2 by nearest neighbour (32 black pixels)."""
     return smiley_7x7().repeat_interleave(2, 0).repeat_interleave(2, 1)
+
+
+def smiley_target(size: int = 14) -> torch.Tensor:
+    """T2's target explanation I_T: the 7 x 7 smiley's features (eyes, nose, mouth = 1, face = 0)
+    bilinearly upsampled to size x size, as the authors' code did (the text says a 14 x 14 smiley).
+    The one definition used by the CLI, the book and the tests."""
+    from torch.nn import functional as F
+
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive int (the side of A), got {size!r}")
+    features = 1.0 - smiley_7x7()
+    upsampled = F.interpolate(features[None, None], size=(size, size), mode="bilinear", align_corners=False)
+    return upsampled[0, 0].clamp_min(0)
 
 
 def sticker_positions(seed: int, count: int = 3, image_size: int = IMAGE_SIZE, low: int = 14, high: int = 210,

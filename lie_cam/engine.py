@@ -24,10 +24,9 @@ from typing import Iterable, Mapping
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from lie_cam.gradcam import GradCAMResult, check_finite, resolve_targets
-from lie_cam.surgery import ManipulatedVGG, _split_vgg, pool_for_classifier
+from lie_cam.gradcam import GradCAMResult, check_finite, head_gradcam
+from lie_cam.surgery import ManipulatedVGG, pool_for_classifier, split_vgg
 
 __all__ = ["Evaluator", "evaluate_separately"]
 
@@ -43,7 +42,7 @@ class _OriginalParts:
 
 
 def _original_parts(model: nn.Module) -> _OriginalParts:
-    parts = _split_vgg(model)  # references into `model`, nothing copied
+    parts = split_vgg(model)  # references into `model`, nothing copied
     return _OriginalParts(
         trunk=nn.Sequential(*parts.trunk),
         conv=parts.last_conv,
@@ -64,18 +63,6 @@ def _same_trunk(original: _OriginalParts, manipulated: ManipulatedVGG) -> bool:
     if original.conv.bias is not None:
         same_conv = same_conv and torch.equal(manipulated.last_conv.bias[:k], original.conv.bias)
     return bool(same_conv) and len(list(manipulated.last_relu.children())) == 1 + len(list(original.relu.children())) - 1
-
-
-def _head_gradcam(head, a: torch.Tensor, target) -> GradCAMResult:
-    """Grad-CAM from A: a leaf copy of A, the head's scores, and dy_c/dA by a head-only backward."""
-    with torch.enable_grad():
-        leaf = a.detach().requires_grad_(True)
-        logits = head(leaf)
-        classes = resolve_targets(target, logits)
-        (grad,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), leaf)
-    alpha = grad.mean(dim=(2, 3))
-    maps = torch.relu(torch.einsum("bk,bkhw->bhw", alpha, leaf.detach()))
-    return GradCAMResult(maps=maps, logits=logits.detach(), classes=classes, alpha=alpha)
 
 
 class Evaluator:
@@ -103,8 +90,6 @@ class Evaluator:
             raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype}")
         self.networks = dict(networks)
         self.autocast_dtype = autocast_dtype
-        # The paper's new filter has a zero kernel (all four techniques): its conv is then exactly its bias.
-        self._zero_kernel = {name: not bool(net.last_conv.weight[-1].any()) for name, net in self.networks.items()}
 
     @property
     def names(self) -> list[str]:
@@ -138,19 +123,12 @@ class Evaluator:
         results: dict[str, GradCAMResult] = {}
         for name in names:
             if name == "original":
-                results[name] = _head_gradcam(self._original_head, a_original, target)
+                results[name] = head_gradcam(self._original_head, a_original, target)
                 continue
             network = self.networks[name]
-            conv = network.last_conv
             with torch.no_grad():
-                if self._zero_kernel[name] and conv.stride == (1, 1) and conv.dilation == (1, 1) \
-                        and conv.padding == tuple(k // 2 for k in conv.kernel_size):
-                    extra_pre = conv.bias[-1].expand(pre.shape[0], 1, *pre.shape[-2:]).to(pre.dtype)
-                else:
-                    extra_pre = F.conv2d(h, conv.weight[-1:], conv.bias[-1:], conv.stride, conv.padding, conv.dilation)
-                a = network.last_relu(torch.cat([pre, extra_pre], dim=1))
-                a = network.explained_layer(a, x)
-            results[name] = _head_gradcam(network.head, a, target)
+                a = network.activations_from(h, x, original_pre=pre)
+            results[name] = head_gradcam(network.head, a, target)
             results[name].extra = a[:, -1]
         return results
 

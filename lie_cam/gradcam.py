@@ -15,8 +15,11 @@ the head alone.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -25,6 +28,7 @@ from torch.nn import functional as F
 __all__ = [
     "GradCAMResult",
     "gradcam",
+    "head_gradcam",
     "target_layer",
     "normalize_maps",
     "upsample",
@@ -116,7 +120,9 @@ def _gradient_from(layer: nn.Module, store: dict) -> Iterator[None]:
         torch.set_grad_enabled(True)
         leaf = output.detach().requires_grad_(True)
         store["A"] = leaf
-        return leaf
+        # A non-leaf view of A goes on, so a following in-place op (VGG's ReLU(inplace=True)
+        # after a Conv2d) modifies that copy, not the leaf whose gradient is Eq. 2's.
+        return leaf.clone()
 
     previous = torch.is_grad_enabled()
     handle = layer.register_forward_hook(hook)
@@ -138,19 +144,80 @@ def check_finite(x: torch.Tensor) -> None:
 def resolve_targets(
     target: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor
 ) -> torch.Tensor:
-    """Class index per sample: each sample's argmax by default, else the given target(s)."""
+    """Class index per sample: each sample's argmax by default, else the given target(s):
+    one int for the whole batch, or one integer class per sample (a sequence, numpy array or
+    integer tensor). Floats and booleans are refused rather than truncated."""
     batch, n_classes = logits.shape
     if target is None:
         return logits.argmax(dim=1)
-    if isinstance(target, int):
-        classes = torch.full((batch,), target, dtype=torch.long, device=logits.device)
+    expected = (f"target must be None, an int, or one integer class per sample ({batch} of them) in "
+                f"[0, {n_classes})")
+    if isinstance(target, bool):
+        raise TypeError(f"{expected}; got the bool {target}")
+    if isinstance(target, numbers.Integral):
+        classes = torch.full((batch,), int(target), dtype=torch.long, device=logits.device)
     else:
-        classes = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
-        if classes.numel() != batch:
-            raise ValueError(f"got {classes.numel()} targets for a batch of {batch}: give one class per sample")
+        if isinstance(target, (str, bytes)) or not hasattr(target, "__len__") and not hasattr(target, "shape"):
+            raise TypeError(f"{expected}; got {type(target).__name__}")
+        try:
+            values = torch.as_tensor(target if isinstance(target, torch.Tensor) else np.asarray(target))
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"{expected}; got {type(target).__name__} ({error})") from None
+        if values.dtype == torch.bool or values.is_floating_point() or values.is_complex():
+            raise TypeError(f"{expected}; got {str(values.dtype).replace('torch.', '')} values {values.flatten()[:8].tolist()}")
+        if values.dim() > 1 or values.numel() != batch:
+            raise ValueError(f"{expected}; got shape {tuple(values.shape)} for a batch of {batch}")
+        classes = values.reshape(-1).to(device=logits.device, dtype=torch.long)
     if ((classes < 0) | (classes >= n_classes)).any():
         raise ValueError(f"target classes must lie in [0, {n_classes}), got {classes.tolist()}")
     return classes
+
+
+def _check_eval(model: nn.Module, allow_training: bool) -> None:
+    if model.training and not allow_training:
+        raise ValueError(
+            f"{type(model).__name__} is in training mode: dropout and batch statistics make its scores, "
+            "and so Grad-CAM, change from call to call. Call model.eval() first "
+            "(or pass allow_training=True if that is what you want)")
+
+
+def _check_scores(logits: torch.Tensor) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError(
+            "the model's scores are not finite for this input (an overflow inside the network, e.g. inputs near "
+            f"the limit of {str(logits.dtype).replace('torch.', '')}): Grad-CAM would be NaN. Expected normalised "
+            "images (values of order 1); try float64 or smaller inputs")
+
+
+def _cam(grad: torch.Tensor, activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha_k = mean_ij dy_c/dA^k_ij (Eq. 2) and I = ReLU(sum_k alpha_k A^k) (Eq. 1)."""
+    alpha = grad.mean(dim=(2, 3))
+    maps = torch.relu(torch.einsum("bk,bkhw->bhw", alpha, activations.detach()))
+    if not bool(torch.isfinite(maps).all()):
+        raise ValueError("Grad-CAM's map is not finite (the gradient or A overflowed): try float64")
+    return alpha, maps
+
+
+def head_gradcam(
+    head: Callable[[torch.Tensor], torch.Tensor],
+    activations: torch.Tensor,
+    target: int | Sequence[int] | torch.Tensor | None = None,
+) -> GradCAMResult:
+    """Grad-CAM from A itself: y = head(A), dy_c/dA by a backward through the head only.
+
+    For callers that already hold A (B x K x H x W), such as `lie_cam.engine`, which runs the
+    trunk once for several networks; `gradcam` is this with A taken from a forward hook.
+    """
+    if not isinstance(activations, torch.Tensor) or activations.dim() != 4:
+        raise ValueError(f"expected A of shape B x K x H x W, got {getattr(activations, 'shape', type(activations))}")
+    with torch.enable_grad():
+        leaf = activations.detach().requires_grad_(True)
+        logits = head(leaf)
+        _check_scores(logits)
+        classes = resolve_targets(target, logits)
+        (grad,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), leaf)
+    alpha, maps = _cam(grad, leaf)
+    return GradCAMResult(maps=maps, logits=logits.detach(), classes=classes, alpha=alpha)
 
 
 def gradcam(
@@ -158,26 +225,32 @@ def gradcam(
     x: torch.Tensor,
     target: int | Sequence[int] | torch.Tensor | None = None,
     layer: nn.Module | None = None,
+    allow_training: bool = False,
 ) -> GradCAMResult:
     """Batched Grad-CAM of `model` on `x` (B x 3 x H x W, already normalised).
 
-    target: None (each sample's own argmax), one int for all, or one class per sample.
-    layer:  the module whose output is A; default `target_layer(model)`.
-    The model should be in eval mode (dropout would make scores random).
+    target: None (each sample's own argmax), one int for all, or one integer class per sample.
+    layer:  the module whose output is A; default `target_layer(model)`. Any module that outputs
+            B x K x H x W works, a Conv2d followed by an in-place ReLU included.
+    The model must be in eval mode (dropout would make the scores random), unless allow_training.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"expected an input batch B x C x H x W, got {getattr(x, 'shape', type(x))}")
+        raise ValueError(f"expected an input batch B x C x H x W (a torch.Tensor), got "
+                         f"{type(x).__name__}{' of shape ' + str(tuple(x.shape)) if hasattr(x, 'shape') else ''}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point input batch (normalised images), got {x.dtype}")
     check_finite(x)
+    _check_eval(model, allow_training)
     layer = target_layer(model) if layer is None else layer
     store: dict = {}
     with _gradient_from(layer, store):
         logits = model(x)
         if "A" not in store:
             raise RuntimeError(f"the layer {type(layer).__name__} did not run in the model's forward")
+        _check_scores(logits)
         activations = store["A"]
         classes = resolve_targets(target, logits)
         score = logits.gather(1, classes[:, None]).sum()
         (grad,) = torch.autograd.grad(score, activations)
-    alpha = grad.mean(dim=(2, 3))
-    maps = torch.relu(torch.einsum("bk,bkhw->bhw", alpha, activations.detach()))
+    alpha, maps = _cam(grad, activations)
     return GradCAMResult(maps=maps, logits=logits.detach(), classes=classes, alpha=alpha)

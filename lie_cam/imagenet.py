@@ -25,7 +25,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lie_cam.compat import import_torchvision
-from lie_cam.surgery import IMAGENET_MEAN, IMAGENET_STD
+from lie_cam.resources import data_dir
+from lie_cam.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "WNIDS_FILE",
@@ -44,7 +45,7 @@ __all__ = [
     "load_profile",
 ]
 
-WNIDS_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_wnids.txt"
+WNIDS_FILE = data_dir() / "imagenet_wnids.txt"
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 PROFILES = ("imagenette", "imagenet")
 
@@ -90,7 +91,7 @@ def preprocess() -> Callable[[Image.Image], torch.Tensor]:
 @functools.lru_cache(maxsize=1)
 def _wnids() -> tuple[str, ...]:
     if not WNIDS_FILE.exists():
-        raise FileNotFoundError(f"{WNIDS_FILE} is missing: it ships in data/ of the repository")
+        raise FileNotFoundError(f"{WNIDS_FILE} is missing: lie_cam's data files did not come with this install (reinstall it)")
     wnids = tuple(line.strip() for line in WNIDS_FILE.read_text().splitlines() if line.strip())
     if len(wnids) != 1000 or len(set(wnids)) != 1000:
         raise ValueError(f"{WNIDS_FILE} must list 1000 unique WordNet ids, found {len(wnids)}")
@@ -275,13 +276,14 @@ def default_data_root() -> Path:
 def load_profile(profile: str, data: str | Path | None = None, limit: int | None = None,
                  download: bool = True) -> tuple[ImageNetFolder, str]:
     """(dataset, description) for `profile` "imagenette" (data: download folder, default
-    `default_data_root()`) or "imagenet" (data: the local validation folder, required)."""
+    `default_data_root()`) or "imagenet" (data: the local validation folder, default $LIE_CAM_DATA)."""
     name = str(profile).strip().lower()
     if name == "imagenette":
         root = Path(data).expanduser() if data is not None else default_data_root()
         dataset = imagenette(root, download=download, limit=limit)
         kind = "Imagenette 320px validation split"
     elif name == "imagenet":
+        data = data if data is not None else os.environ.get("LIE_CAM_DATA")
         if data is None:
             raise FileNotFoundError(f"the imagenet profile needs the path of a local ImageNet validation folder (data). {IMAGENET_HELP}")
         dataset = ImageNetFolder(data, limit=limit)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lie_cam.compat import import_torchvision
+from lie_cam.resources import data_dir
 
 __all__ = [
     "DATA_DIR",
@@ -30,7 +31,7 @@ __all__ = [
     "fold_batchnorm",
 ]
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = data_dir()  # the shipped files, for editable and regular installs alike
 EMBEDDED_WEIGHTS = DATA_DIR / "compact_vgg16.safetensors"
 EMBEDDED_RECIPE = DATA_DIR / "compact_vgg16.json"
 EMBEDDED_CLASSES = 10
@@ -110,7 +111,8 @@ def sha256_file(path: str | Path) -> str:
 def embedded_metadata() -> dict:
     """The shipped model's recipe: architecture arguments, training settings, sha256, test metrics."""
     if not EMBEDDED_RECIPE.exists():
-        raise FileNotFoundError(f"{EMBEDDED_RECIPE} is missing: retrain with `python -m lie_cam.train`")
+        raise FileNotFoundError(f"{EMBEDDED_RECIPE} is missing: lie_cam's data files did not come with this install "
+                                "(reinstall with pip install ., or retrain with `python -m lie_cam.train`)")
     return json.loads(EMBEDDED_RECIPE.read_text())
 
 

@@ -20,20 +20,17 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from torch.nn import functional as F
 
 from lie_cam import surgery
-from lie_cam.data import SPLITS, SyntheticScenes, paste_stickers, smiley, smiley_7x7
+from lie_cam.data import SPLITS, SyntheticScenes, paste_stickers
 from lie_cam.engine import Evaluator
-from lie_cam.gradcam import GradCAMResult, normalize_maps
+from lie_cam.gradcam import GradCAMResult
 from lie_cam.metrics import l1_distance, pointing_hits, score_change, summarize, top1_correct
 
 __all__ = [
     "PAPER_TABLE1",
     "PAPER_TABLE2",
     "PROFILES",
-    "smiley_target",
-    "build_networks",
     "Reproduction",
     "run_reproduction",
 ]
@@ -54,24 +51,6 @@ PAPER_TABLE2 = {
 }
 STICKER_SEED = 1_000_003  # sticker positions of image i are drawn from STICKER_SEED + i
 EMBEDDED_DEFAULT_N = 2000
-
-
-def smiley_target(size: int = 14) -> torch.Tensor:
-    """T2's target: the 7 x 7 smiley's features (eyes, nose, mouth = 1) bilinearly upsampled to size x size,
-    as the authors' code did (the text says a 14 x 14 smiley)."""
-    features = 1.0 - smiley_7x7()
-    return F.interpolate(features[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0].clamp_min(0)
-
-
-def build_networks(model: torch.nn.Module, seed: int = 0) -> dict[str, surgery.ManipulatedVGG]:
-    """T1-T4 with the paper's constants (T2: c_I = 100, c_W = 10; T4: c_F = 1e9 as in the text)."""
-    side = surgery.feature_size(model)
-    return {
-        "T1": surgery.constant_flat(model, c_A=100.0, c_W=100.0),
-        "T2": surgery.constant_image(model, smiley_target(side), c_I=100.0, c_W=10.0),
-        "T3": surgery.semi_random(model, eps=0.01, c_G=1e4, c_F=1e7, seed=seed),
-        "T4": surgery.backdoor(model, smiley(), eps=0.01, c_G=1e4, c_F=1e9),
-    }
 
 
 @dataclass
@@ -239,12 +218,8 @@ def _load_model(profile: str, checkpoint: str | None) -> torch.nn.Module:
     return load_vgg16(checkpoint)
 
 
-def _normalized_target(name: str, result: GradCAMResult, honest: GradCAMResult) -> torch.Tensor:
-    target = normalize_maps(result.extra)
-    if name == "T4":
-        fired = result.extra.flatten(1).amax(dim=1) > 0
-        target = torch.where(fired[:, None, None], target, honest.normalized.to(target.dtype))
-    return target
+def _normalized_target(network: surgery.ManipulatedVGG, result: GradCAMResult, honest: GradCAMResult) -> torch.Tensor:
+    return network.target_explanation(extra=result.extra, honest=honest.normalized)
 
 
 def run_reproduction(
@@ -276,7 +251,7 @@ def run_reproduction(
     batches, n, description = _batches(profile, data, limit, batch_size, workers, device)  # data errors first
     model = _load_model(profile, checkpoint).to(device=device, dtype=dtype)
     model = model.to(memory_format=torch.channels_last)
-    networks = build_networks(model)
+    networks = surgery.paper_networks(model)
     evaluator = Evaluator(model, networks, autocast_dtype=autocast_dtype)
     pixels = surgery.feature_size(model) ** 2
     clean = {name: _Accumulator() for name in evaluator.names}
@@ -298,7 +273,7 @@ def run_reproduction(
             if name == "original":
                 clean[name].add(top1_correct(result.logits, labels), hits=hits)
                 continue
-            target = _normalized_target(name, result, honest)
+            target = _normalized_target(networks[name], result, honest)
             clean[name].add(top1_correct(result.logits, labels), score_change(honest.logits, result.logits),
                             l1_distance(target, result.normalized), hits, result.alpha[:, -1])
         seeds = [STICKER_SEED + start + i for i in range(x.shape[0])]
@@ -309,7 +284,7 @@ def run_reproduction(
         hits_4 = pointing_hits(lie_s.maps, masks) if masks is not None else None
         stickered["original"].add(top1_correct(honest_s.logits, labels), hits=hits_o)
         stickered["T4"].add(top1_correct(lie_s.logits, labels), score_change(honest_s.logits, lie_s.logits),
-                            l1_distance(_normalized_target("T4", lie_s, honest_s), lie_s.normalized), hits_4,
+                            l1_distance(_normalized_target(networks["T4"], lie_s, honest_s), lie_s.normalized), hits_4,
                             lie_s.alpha[:, -1])
         if not examples:
             examples = {

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from lie_cam import imagenet
-from lie_cam.surgery import IMAGENET_MEAN, IMAGENET_STD
+from lie_cam.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGENETTE_INDICES = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]
 

@@ -5,7 +5,9 @@ import sys
 import pytest
 import torch
 
-from lie_cam.reproduce import PAPER_TABLE1, build_networks, run_reproduction, smiley_target
+from lie_cam.data import smiley_target
+from lie_cam.reproduce import PAPER_TABLE1, run_reproduction
+from lie_cam.surgery import paper_networks
 
 
 @pytest.fixture(scope="module")

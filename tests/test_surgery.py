@@ -10,16 +10,12 @@ from torch import nn
 from conftest import random_input, small_vgg
 from lie_cam import gradcam, target_layer
 from lie_cam import surgery as S
-from lie_cam.data import paste_stickers, smiley, smiley_7x7
+from lie_cam.branches import SingleOutputConv2d, StickerDetector
+from lie_cam.data import paste_stickers, smiley, smiley_7x7, smiley_target
 from lie_cam.gradcam import normalize_maps
 from lie_cam.metrics import l1_distance, score_change
 
 SEEDS_WIDTHS = [(0, 1 / 16), (1, 1 / 32), (2, 1 / 16)]
-
-
-def smiley_target() -> torch.Tensor:
-    return torch.nn.functional.interpolate(smiley_7x7()[None, None], size=(14, 14), mode="bilinear",
-                                           align_corners=False)[0, 0]
 
 
 def build(technique: str, model: nn.Module) -> S.ManipulatedVGG:
@@ -126,8 +122,8 @@ def test_t4_clean_is_honest_and_sticker_triggers(seed, width, dtype):
 
 
 def test_detector_fires_in_float32_at_the_paper_margin():
-    reference = S.StickerDetector(smiley())
-    detector = S.StickerDetector(smiley()).float().half().to("cpu", torch.float32)
+    reference = StickerDetector(smiley())
+    detector = StickerDetector(smiley()).float().half().to("cpu", torch.float32)
     for name in ("kernel", "bias", "mean", "std"):  # exact float64 constants survive any cast
         assert torch.equal(getattr(detector, name), getattr(reference, name)), name
     assert S.backdoor(small_vgg(0), smiley()).explained_layer.branch.bias.dtype == torch.float64
@@ -267,7 +263,7 @@ def test_wrong_input_size_is_a_clear_error():
 
 @pytest.mark.parametrize("sticker", [torch.rand(3, 14, 14).round().double(), smiley()])
 def test_detector_fft_equals_direct_convolution(sticker):
-    detector = S.StickerDetector(sticker)
+    detector = StickerDetector(sticker)
     x = random_input(2, 5).clamp(-2, 2)
     x[0, :, 30:44, 50:64] = detector.kernel[0] * 3  # anything: the two paths must agree everywhere
     x, _ = paste_stickers(x, seeds=[0, 1], sticker=sticker.float())
@@ -279,7 +275,7 @@ def test_detector_fft_equals_direct_convolution(sticker):
 
 def test_single_output_conv_equals_conv2d():
     torch.manual_seed(0)
-    fast = S.SingleOutputConv2d(6, 1, kernel_size=6, padding=3)
+    fast = SingleOutputConv2d(6, 1, kernel_size=6, padding=3)
     plain = nn.Conv2d(6, 1, kernel_size=6, padding=3)
     plain.load_state_dict(fast.state_dict())
     y = torch.randn(2, 6, 40, 40)
@@ -314,7 +310,7 @@ def _scenes_for_the_detector() -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", list(_scenes_for_the_detector()))
 def test_detector_sparse_path_equals_dense(name):
     x = _scenes_for_the_detector()[name]
-    detector = S.StickerDetector(smiley())
+    detector = StickerDetector(smiley())
     dense, sparse = detector._forward_dense(x), detector(x)
     assert sparse.dtype == torch.float64 and sparse.shape == dense.shape == (x.shape[0], 14, 14)
     assert torch.allclose(sparse, dense, rtol=1e-9, atol=1e-15)
@@ -328,7 +324,7 @@ def test_detector_sparse_path_equals_dense(name):
 
 
 def test_detector_sparse_path_has_the_dense_gradient():
-    detector = S.StickerDetector(smiley())
+    detector = StickerDetector(smiley())
     x = _scenes_for_the_detector()["stickered_float64"][:2].requires_grad_(True)
     (sparse_grad,) = torch.autograd.grad(detector(x).sum(), x)
     (dense_grad,) = torch.autograd.grad(detector._forward_dense(x).sum(), x)
@@ -338,7 +334,7 @@ def test_detector_sparse_path_has_the_dense_gradient():
 
 def test_detector_for_a_non_binary_sticker_uses_the_dense_path():
     sticker = smiley() * 0.5 + 0.25
-    detector = S.StickerDetector(sticker)
+    detector = StickerDetector(sticker)
     x, _ = paste_stickers(random_input(1, 3).clamp(-2, 2), seeds=[0], sticker=sticker)
     assert not detector._sparse
     assert torch.equal(detector(x), detector._forward_dense(x))
