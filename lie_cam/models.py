@@ -27,6 +27,7 @@ __all__ = [
     "embedded_metadata",
     "load_vgg16",
     "sha256_file",
+    "read_safetensors",
     "try_gpu",
     "fold_batchnorm",
 ]
@@ -108,6 +109,56 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file, after checking that the file is one.
+
+    A safetensors file is an 8-byte little-endian header length N, an N-byte JSON header,
+    then raw tensor bytes; a pickle (or torch.save zip) is refused, never unpickled.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    expected = "expected a .safetensors weights file (an 8-byte header length, a JSON header, tensor data)"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; {expected}")
+    if not path.is_file():
+        raise ValueError(f"{path} is a {'directory' if path.is_dir() else 'special file'}, not a file; {expected}")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise ValueError(f"{path} is a pickle / torch.save file, not safetensors: it is refused, since unpickling "
+                             "can run arbitrary code. Convert it with safetensors.torch.save_file(state_dict, ...) "
+                             "where you trust it")
+        if len(head) < 8:
+            raise ValueError(f"{path} has only {size} bytes: it is truncated or empty; {expected}")
+        length = int.from_bytes(head, "little")
+        if length < 2 or 8 + length > size:
+            raise ValueError(f"{path} is not a complete safetensors file (its header claims {length} bytes, the file has "
+                             f"{size}): truncated or another format; {expected}")
+        header = handle.read(length)
+    try:
+        meta = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{path} does not start with a JSON header: not a safetensors file; {expected}") from None
+    ends = [int(v["data_offsets"][1]) for k, v in meta.items() if k != "__metadata__" and isinstance(v, dict)]
+    if ends and 8 + length + max(ends) > size:
+        raise ValueError(f"{path} is truncated: its header describes {8 + length + max(ends)} bytes, the file has {size}")
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors' own SafetensorError for anything left
+        raise ValueError(f"{path} could not be read as safetensors ({error}); {expected}") from error
+
+
+def _load_state(model: nn.Module, state: dict, path: Path, what: str) -> nn.Module:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ValueError(f"{path} is not a {what} state_dict ({first}); expected the weights of {what}") from None
+    return model
+
+
 def embedded_metadata() -> dict:
     """The shipped model's recipe: architecture arguments, training settings, sha256, test metrics."""
     if not EMBEDDED_RECIPE.exists():
@@ -118,23 +169,20 @@ def embedded_metadata() -> dict:
 
 def load_embedded(path: str | Path | None = None, verify: bool = True) -> nn.Module:
     """The compact VGG-16 trained on `lie_cam.data.synthetic`, in eval mode, from safetensors."""
-    from safetensors.torch import load_file
-
     path = Path(path) if path is not None else EMBEDDED_WEIGHTS
     if not path.exists():
-        raise FileNotFoundError(f"no embedded model at {path}: it ships in data/ of the repository; "
-                                "retrain with `python -m lie_cam.train`")
+        raise FileNotFoundError(f"no embedded model at {path}: it ships with the package (lie_cam.data_files); "
+                                "reinstall it, or retrain with `python -m lie_cam.train`")
     if path.resolve() == EMBEDDED_WEIGHTS.resolve():
         meta = embedded_metadata()
     else:  # a retrained model: `python -m lie_cam.train --out FILE` writes its recipe beside it
         recipe = path.with_suffix(".json")
         meta = json.loads(recipe.read_text()) if recipe.exists() else {}
+    arch = meta.get("architecture", {"width": 0.125, "num_classes": EMBEDDED_CLASSES, "hidden": 256})
+    state = read_safetensors(path)
     if verify and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
         raise ValueError(f"{path} does not match the sha256 recorded in its recipe: the file was changed or corrupted")
-    arch = meta.get("architecture", {"width": 0.125, "num_classes": EMBEDDED_CLASSES, "hidden": 256})
-    model = compact_vgg16(**arch)
-    model.load_state_dict(load_file(str(path)))
-    return model.eval()
+    return _load_state(compact_vgg16(**arch), state, path, f"compact VGG-16 {arch}").eval()
 
 
 def load_vgg16(checkpoint: str | Path | None = None, pretrained: bool = True) -> nn.Module:
@@ -161,10 +209,10 @@ def load_vgg16(checkpoint: str | Path | None = None, pretrained: bool = True) ->
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a directory; expected a .safetensors file or a torch.save'd state_dict")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
+        state = read_safetensors(path)
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -177,9 +225,4 @@ def load_vgg16(checkpoint: str | Path | None = None, pretrained: bool = True) ->
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state_dict of tensors")
-    model = vgg16(weights=None)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"{path} is not a torchvision VGG-16 state_dict: {error}") from error
-    return model.eval()
+    return _load_state(vgg16(weights=None), state, path, "torchvision VGG-16").eval()

@@ -1,0 +1,44 @@
+"""A regular (non-editable) install ships and finds the embedded model and the ImageNet ids."""
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out, source = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):  # a copy, so the build leaves nothing in the checkout
+        shutil.copy(ROOT / name, source / name)
+    for name in ("lie_cam", "data"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                    "--wheel-dir", str(out), str(source)], check=True, capture_output=True, text=True)
+    (path,) = out.glob("lie_cam-*.whl")
+    return path
+
+
+def test_the_wheel_carries_the_data_files(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("compact_vgg16.safetensors", "compact_vgg16.json", "imagenet_wnids.txt"):
+        assert f"lie_cam/data_files/{name}" in names
+    assert "lie_cam/models.py" in names and not any(n.startswith("data/") for n in names)
+
+
+def test_an_installed_wheel_finds_the_embedded_model_outside_the_checkout(wheel, tmp_path):
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = ("import lie_cam, lie_cam.models as m, lie_cam.imagenet as i; model = m.load_embedded(); "
+             "print(lie_cam.__file__); print(m.EMBEDDED_WEIGHTS); print(len(i.imagenet_wnids()))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    package, weights, count = done.stdout.split()
+    assert Path(package).is_relative_to(site) and Path(weights).is_relative_to(site)
+    assert count == "1000"
