@@ -8,24 +8,12 @@ import re
 import pytest
 import torch
 
-from lie_cam.data import synthetic_split
 from lie_cam.sliders import block_html, colormap_lut, precompute
 from lie_cam.widgets import SPECS, measure
 
-from conftest import small_vgg
+from test_widgets import model, picture  # noqa: F401  (the same module-scoped fixtures)
 
 POINTS = {"eps": (1e-3, 1e-1), "c_G": (1e-6, 1.0, 1e4)}
-
-
-@pytest.fixture(scope="module")
-def picture() -> torch.Tensor:
-    x, _, _ = synthetic_split("test", 1)
-    return x
-
-
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    return small_vgg(seed=3)
 
 
 @pytest.fixture(scope="module")
