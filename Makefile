@@ -39,11 +39,12 @@ _build/.book-built: $(STAMP) $(BOOK_SOURCES)
 	@touch $@
 
 browser-deps: setup
-	bash tests/browser/install.sh $(PYTHON)
+	bash tests/browser/install.sh $(PYTHON) _build/mathjax
 
 # (tests/browser/test_check_book.py, run by `make test`, shows the checker failing on bad pages.)
 book-check: browser-deps _build/.book-built
-	$(PYTHON) tests/browser/check_book.py _build/html --screenshots _build/screenshots --json _build/book-check.json
+	$(PYTHON) tests/browser/check_book.py _build/html --screenshots _build/screenshots --json _build/book-check.json \
+	  $(if $(wildcard _build/mathjax/es5/tex-mml-chtml.js),--mathjax _build/mathjax)
 
 unit: setup
 	$(PYTHON) -m pytest -p no:cacheprovider tests

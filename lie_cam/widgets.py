@@ -238,6 +238,7 @@ class HonestBase:
     h: torch.Tensor
     precision: str
     stickers: bool
+    source: torch.Tensor = field(repr=False)
     activations: dict = field(default_factory=dict, repr=False)
 
 
@@ -289,17 +290,19 @@ def honest_base(model: nn.Module, x: torch.Tensor, precision: str = "float32", s
     its honest Grad-CAM and the trunk output h."""
     dtype = _check_precision(precision)
     device = next(model.parameters()).device
-    x = _one_image(x).to(device=device, dtype=dtype)
+    source = _one_image(x)
+    x = source.to(device=device, dtype=dtype)
     if stickers:
         x, _ = paste_stickers(x, seeds=[sticker_seed])
     honest_model = copy.deepcopy(model).to(dtype=dtype).eval()
     with torch.no_grad():
         h = nn.Sequential(*split_vgg(honest_model).trunk)(x)
-    return HonestBase(honest_model, x, gradcam(honest_model, x), h, precision, bool(stickers))
+    return HonestBase(honest_model, x, gradcam(honest_model, x), h, precision, bool(stickers), source.clone())
 
 
 def _split_params(spec: TechniqueSpec, params: Mapping[str, Any]) -> tuple[str, bool, dict[str, Any]]:
-    """(precision, stickers, build keyword arguments) from slider values, defaults filling gaps."""
+    """(precision, stickers, build keyword arguments) from slider values, defaults filling gaps.
+    `precision` and `stickers` (paste three stickers into the image) are accepted by every technique."""
     names = {s.name for s in spec.sliders} | set(spec.fixed)
     unknown = set(params) - names - {"precision", "stickers"}
     if unknown:
@@ -327,6 +330,8 @@ def measure(technique: str, model: nn.Module, x: torch.Tensor, precision: str | 
     elif base.precision != precision or base.stickers != stickers:
         raise ValueError(f"base was computed for {base.precision}, stickers={base.stickers}; "
                          f"this measurement needs {precision}, stickers={stickers}")
+    elif not torch.equal(base.source, _one_image(x).to(base.source.device, base.source.dtype)):
+        raise ValueError("base was computed for another image than x: use honest_base(model, x, ...)")
     manipulated = spec.build(base.model, **build_args)
     key = (technique, tuple(sorted((k, v) for k, v in build_args.items() if k not in spec.head_only)))
     activations = base.activations.get(key)

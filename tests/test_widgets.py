@@ -92,6 +92,8 @@ def test_measure_checks_its_inputs(model, picture):
     base = honest_base(model, picture, "float32")
     with pytest.raises(ValueError, match="base was computed"):
         measure("T1", model, picture, precision="float64", base=base)
+    with pytest.raises(ValueError, match="another image"):
+        measure("T1", model, picture.flip(-1), base=base)
 
 
 def test_t1_c_W_drives_alpha(cache):

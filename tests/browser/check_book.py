@@ -14,6 +14,9 @@ Every page (except the search and index pages) is opened from disk with the netw
   the block changes both the map and the numbers;
 - the page asks for any network resource other than those matching --allow-external (default: the
   MathJax CDN, which only typesets equations; offline they show as TeX).
+With --mathjax DIR (npm's mathjax@3 package folder, fetched by tests/browser/install.sh into
+_build/mathjax) the equations are typeset from that local copy in place of the blocked CDN, so
+that their width is checked too.
 Exit status 1 when anything failed, 2 when the browser cannot be started. Screenshots of the
 slider blocks (and of each slider page's window) go to --screenshots.
 """
@@ -51,6 +54,8 @@ function describe(el) {
 }
 function exempt(el) {
   if (el.closest('mjx-assistive-mml, .visually-hidden, .sr-only, script, style, noscript')) return true;
+  const math = el.closest('mjx-container');
+  if (math && math !== el) return true;  // MathJax's own parts (a stretchy delimiter's clipped extender)
   if (!strictCode && el.closest('.cell_input, .cell .input')) return true;
   return false;
 }
@@ -64,7 +69,9 @@ for (const el of col.querySelectorAll('*')) {
   if (r.width === 0 || r.height === 0) continue;
   const style = getComputedStyle(el);
   if (style.visibility === 'hidden' || style.display === 'none') continue;
-  if (clips(el) && el.scrollWidth > el.clientWidth + 2 && r.right <= c.right + 2) {
+  // inline-level boxes (an inline equation's span.math) are checked against the column only: a glyph
+  // clipped by a pixel or two inside the line is no overflow of the page
+  if (!style.display.startsWith('inline') && clips(el) && el.scrollWidth > el.clientWidth + 2 && r.right <= c.right + 2) {
     out.push({kind: 'scroll', what: describe(el), scroll: el.scrollWidth, box: el.clientWidth});
     continue;
   }
@@ -110,7 +117,7 @@ def start_browser(width: int, height: int = 900):
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
                  "--disable-extensions", "--hide-scrollbars", "--force-device-scale-factor=1",
                  f"--window-size={width},{height}", f"--user-data-dir={profile}",
-                 "--host-resolver-rules=MAP * ~NOTFOUND"):
+                 "--host-resolver-rules=MAP * ~NOTFOUND", "--allow-file-access-from-files"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     browser = webdriver.Chrome(service=Service(driver), options=options)
@@ -203,13 +210,30 @@ def check_sliders(browser, page: str, shots: Path | None, width: int) -> tuple[l
     return problems, notes
 
 
+_TYPESET_JS = r"""
+const done = arguments[arguments.length - 1];
+if (!document.querySelector('script[src*="mathjax"]') || !window.MathJax) { done('no math'); return; }
+const s = document.createElement('script');
+s.src = arguments[0];
+s.onload = () => MathJax.startup.promise.then(() => done('typeset'), e => done('error: ' + e));
+s.onerror = () => done('error: the local MathJax did not load');
+document.head.appendChild(s);
+"""
+
+
 def check_page(browser, path: Path, root: Path, allow: re.Pattern, strict_code: bool, shots: Path | None,
-               width: int) -> dict:
+               width: int, mathjax: Path | None = None) -> dict:
     browser.get_log("performance")  # drop what earlier pages left
     browser.get(path.resolve().as_uri())
     _wait(browser, "return document.readyState === 'complete'", 15.0)
+    typeset = None
+    if mathjax is not None:
+        browser.set_script_timeout(60)
+        typeset = browser.execute_async_script(_TYPESET_JS, (mathjax / "es5" / "tex-mml-chtml.js").resolve().as_uri())
     _wait(browser, "return [...document.images].every(i => i.complete)", 5.0)
     problems: list[str] = []
+    if typeset and typeset.startswith("error"):
+        problems.append(f"equations not typeset with the local MathJax: {typeset}")
     broken = browser.execute_script(
         "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
         ".map(i => (i.getAttribute('src') || '').slice(0, 80) || '(no src)')")
@@ -235,7 +259,7 @@ def check_page(browser, path: Path, root: Path, allow: re.Pattern, strict_code: 
         "return performance.getEntriesByType('resource').map(e => e.name)")
         if re.match(r"^(https?|wss?)://", u)})
     problems += [f"needs a network request: {u}" for u in external if not allow.search(u)]
-    return {"page": str(path.relative_to(root)), "problems": problems, "sliders": notes,
+    return {"page": str(path.relative_to(root)), "problems": problems, "sliders": notes, "math": typeset,
             "allowed_external": [u for u in external if allow.search(u)], "column": layout["column"]}
 
 
@@ -247,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the full report as JSON here")
     parser.add_argument("--allow-external", default=DEFAULT_ALLOW,
                         help=f"regex of network requests tolerated (default {DEFAULT_ALLOW!r})")
+    parser.add_argument("--mathjax", type=Path, help="typeset equations with this local mathjax@3 package folder")
     parser.add_argument("--strict-code", action="store_true", help="also fail on code input cells that need scrolling")
     args = parser.parse_args(argv)
     if not args.html.is_dir():
@@ -255,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     found = pages(args.html)
     if not found:
         print(f"check_book: no HTML pages under {args.html}", file=sys.stderr)
+        return 2
+    if args.mathjax is not None and not (args.mathjax / "es5" / "tex-mml-chtml.js").is_file():
+        print(f"check_book: {args.mathjax} has no es5/tex-mml-chtml.js (expected npm's mathjax@3 package)", file=sys.stderr)
         return 2
     if args.screenshots:
         args.screenshots.mkdir(parents=True, exist_ok=True)
@@ -267,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     try:
         for path in found:
-            reports.append(check_page(browser, path, args.html, allow, args.strict_code, args.screenshots, args.width))
+            reports.append(check_page(browser, path, args.html, allow, args.strict_code, args.screenshots, args.width,
+                                      args.mathjax))
     finally:
         browser.quit()
         shutil.rmtree(profile, ignore_errors=True)

@@ -104,3 +104,54 @@ def test_checker_exit_status_is_zero_on_a_sound_site(browser_ready, site, tmp_pa
     shutil.copy(site / "good.html", sound / "index.html")
     code, pages = _run(sound, tmp_path)
     assert code == 0 and pages["index.html"]["problems"] == []
+
+
+def test_the_page_draws_what_python_computes(browser_ready, site, slider_block):
+    """The inline renderer, read back from its canvases: the overlay is the record's map, bilinearly
+    upsampled as lie_cam.gradcam.upsample, in jet, blended 50 % over the image; the raw canvas holds
+    the 14 x 14 map cell by cell; the numbers are the record's."""
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    sys.path.insert(0, str(HERE))
+    import check_book
+    from lie_cam.gradcam import upsample
+    from lie_cam.sliders import colormap_lut
+
+    browser, profile = check_book.start_browser(1280)
+    try:
+        browser.get((site / "good.html").resolve().as_uri())
+        block = browser.find_element(By.CSS_SELECTOR, "[data-lie-cam-slider]")
+        assert check_book._wait(browser, "return arguments[0].hasAttribute('data-record')", 10.0, block)
+        read = ("const c = arguments[0].querySelector(arguments[1]); const d = c.getContext('2d')"
+                ".getImageData(0, 0, c.width, c.height).data; let s = ''; for (let i = 0; i < d.length; i++) "
+                "s += String.fromCharCode(d[i]); return btoa(s);")
+        overlay = torch.tensor(list(base64.b64decode(browser.execute_script(read, block, "canvas.lc-overlay"))))
+        raw = torch.tensor(list(base64.b64decode(browser.execute_script(read, block, "canvas.lc-raw"))))
+        record = slider_block.records[int(block.get_attribute("data-record"))]
+        numbers = [td.text for td in block.find_elements(By.CSS_SELECTOR, "[data-number]")]
+        src = browser.execute_script("const D = JSON.parse(arguments[0].querySelector('script.lc-data').textContent);"
+                                     "return D.images[D.records[arguments[1]].image]", block,
+                                     int(block.get_attribute("data-record")))
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    assert record.params["stickers"] is True  # the default shown: with stickers
+    lut = torch.tensor(list(colormap_lut())).reshape(256, 3).double()
+    q = (record.map.double().clamp(0, 1) * 255).round()
+    size = record.image.shape[-1]
+    heat = (upsample(q[None], size)[0] + 0.5).floor().clamp(0, 255).long()  # JavaScript's Math.round
+    pixels = torch.tensor(list(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB").tobytes()))
+    pixels = pixels.reshape(size, size, 3).double()
+    expected = (0.5 * pixels + 0.5 * lut[heat] + 0.5).floor()
+    shown = overlay.reshape(size, size, 4)[..., :3].double()
+    diff = (shown - expected).abs()
+    assert diff.mean() < 0.01 and diff.max() <= 1, (diff.mean(), diff.max())  # float32 vs float64 rounding
+    cell = size // q.shape[0]
+    centres = raw.reshape(size, size, 4)[cell // 2::cell, cell // 2::cell, :3].double()
+    assert torch.equal(centres, lut[q.long()])
+    assert numbers[0] == f"{record.score_change:.2g}" and numbers[4] == f"{record.l1:.3g}"
