@@ -13,7 +13,7 @@ PIP := $(PYTHON) -m pip install --quiet --constraint constraints.txt
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: setup book test unit notebooks reproduce bench train clean
+.PHONY: setup book test unit notebooks reproduce bench train clean book-check browser-deps
 
 setup: $(STAMP)
 
@@ -28,6 +28,23 @@ book: setup
 
 test: setup
 	$(PYTHON) -m pytest -p no:cacheprovider --nbval-lax --ignore=_build tests book
+
+# The built book driven in headless Chromium (tests/browser/check_book.py): broken images, tracebacks,
+# raw reprs, overflow of the text column, kernel-free sliders that do not move or need the network.
+# The book is rebuilt only when a source changed since the last build that passed (_build/.book-built).
+BOOK_SOURCES := _config.yml _toc.yml $(wildcard book/*.ipynb book/*.md book/*.bib lie_cam/*.py data/*)
+
+_build/.book-built: $(STAMP) $(BOOK_SOURCES)
+	$(dir $(PYTHON))jupyter-book build . -W --keep-going
+	@touch $@
+
+browser-deps: setup
+	bash tests/browser/install.sh $(PYTHON) _build/mathjax
+
+# (tests/browser/test_check_book.py, run by `make test`, shows the checker failing on bad pages.)
+book-check: browser-deps _build/.book-built
+	$(PYTHON) tests/browser/check_book.py _build/html --screenshots _build/screenshots --json _build/book-check.json \
+	  $(if $(wildcard _build/mathjax/es5/tex-mml-chtml.js),--mathjax _build/mathjax)
 
 unit: setup
 	$(PYTHON) -m pytest -p no:cacheprovider tests

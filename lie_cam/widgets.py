@@ -1,15 +1,10 @@
-"""Interactive explorers for T1 (constant flat) and T3 (semi-random): sliders that rebuild
-the manipulated network and redraw its Grad-CAM over one image.
+"""Explorers for T1-T4: a pure measuring function, slider specifications as data, a thin UI.
 
-Each explorer holds
-    .sliders   dict of ipywidgets controls (set `.value` from code to drive it),
-    .update()  rebuild the network for the current values, recompute, redraw; returns `.last`,
-    .last      dict of the numbers just drawn (see below),
-    .figure    the matplotlib Figure (2 axes: the overlay and |alpha_k| per channel),
-    .image     an ipywidgets Image holding the figure as PNG (redrawn on every update),
-    .widget    the ipywidgets box (controls, read-out, image); the explorer displays as it.
+    measure(technique, model, x, precision, **params) -> Measurement
 
-Numbers in `.last` (one image, the manipulated network explains its own top class):
+builds the manipulated network for the constants `params` and measures it on one image
+(the manipulated network explains its own top class):
+
     score_change   max_c |y_o,c - y_n,c|, original vs manipulated logits
     alpha_extra    alpha_{K+1}, the weight Grad-CAM gives the added channel (Eq. 2)
     alpha_share    |alpha_{K+1}| / sum_{k=1}^{K+1} |alpha_k|: the added channel's share of the
@@ -20,26 +15,195 @@ Numbers in `.last` (one image, the manipulated network explains its own top clas
                    A^{K+1} is huge (T3: c_F F(x))
     l1             sum_ij |I~_T - I~_n|: distance of the normalised map to the technique's target
     class_original, class_manipulated   the argmax classes
-    plus the current parameter values and "precision".
+    map            the normalised h x w map I~_n;  alpha   the K+1 channel weights
 
-Widgets need a live kernel (Jupyter, Colab); the static book shows `sweep_figure` instead.
+The layers below the last conv are untouched by the surgery, so the trunk output h = trunk(x)
+of the honest model is computed once (`honest_base`) and every manipulated network is
+evaluated from it: A = manipulated.activations_from(h, x), then `head_gradcam(manipulated.head, A)`.
+
+`SPECS[technique]` lists the controls (`SliderSpec`: name, min, max, step, log scale, default,
+label, or a set of choices): T1 c_W, c_A, precision; T2 c_I; T3 eps, c_G, precision; T4 eps,
+stickers on/off. The same specs drive the live ipywidgets `Explorer` (needs a kernel: Jupyter,
+Colab) and the kernel-free sliders that `lie_cam.sliders` precomputes into the book's HTML.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Sequence
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from lie_cam.gradcam import GradCAMResult, gradcam
+from lie_cam.data import paste_stickers, smiley, smiley_target
+from lie_cam.gradcam import GradCAMResult, gradcam, head_gradcam
 from lie_cam.metrics import l1_distance, score_change
-from lie_cam.surgery import ManipulatedVGG, constant_flat, semi_random, target_explanation
+from lie_cam.surgery import ManipulatedVGG, backdoor, constant_flat, constant_image, feature_size, semi_random, split_vgg
 
-__all__ = ["alpha_share", "map_share", "Explorer", "T1Explorer", "T3Explorer"]
+__all__ = [
+    "PRECISIONS",
+    "SliderSpec",
+    "TechniqueSpec",
+    "SPECS",
+    "HonestBase",
+    "Measurement",
+    "honest_base",
+    "measure",
+    "alpha_share",
+    "map_share",
+    "Explorer",
+    "T1Explorer",
+    "T2Explorer",
+    "T3Explorer",
+    "T4Explorer",
+]
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
+
+# ---------------------------------------------------------------------------
+# The controls, as data
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SliderSpec:
+    """One control. Numeric: values from `min` to `max` by `step` (in log10 units when `log`,
+    so min=-2, max=4, step=1 means 1e-2 .. 1e4), `default` in the parameter's own units;
+    `points`: the values the kernel-free slider precomputes (default: `grid(7)`).
+    Choice: `choices` (e.g. ("float32", "float64") or (False, True)) and min/max/step unused."""
+
+    name: str
+    label: str
+    default: Any
+    min: float = 0.0
+    max: float = 0.0
+    step: float = 1.0
+    log: bool = False
+    choices: tuple = ()
+    fmt: str = ".3g"
+    points: tuple = ()
+
+    def __post_init__(self) -> None:
+        if self.choices:
+            if self.default not in self.choices:
+                raise ValueError(f"{self.name}: default {self.default!r} is not one of {self.choices}")
+            return
+        if not (self.max > self.min and self.step > 0):
+            raise ValueError(f"{self.name}: need min < max and step > 0, got {self.min}, {self.max}, {self.step}")
+        low, high = (10.0 ** self.min, 10.0 ** self.max) if self.log else (self.min, self.max)
+        outside = [p for p in (*self.points, self.default) if not low * (1 - 1e-9) <= p <= high * (1 + 1e-9)]
+        if outside:
+            raise ValueError(f"{self.name}: {outside} outside the slider's range {low:g} .. {high:g}")
+
+    @property
+    def is_choice(self) -> bool:
+        return bool(self.choices)
+
+    def values(self) -> list:
+        """Every value the control can take (the ipywidgets slider's positions)."""
+        if self.is_choice:
+            return list(self.choices)
+        count = int(round((self.max - self.min) / self.step)) + 1
+        points = [self.min + i * self.step for i in range(count)]
+        return [10.0 ** p if self.log else p for p in points]
+
+    def grid(self, count: int) -> list:
+        """`count` values spread evenly (in log10 when `log`) from min to max, the default
+        included (it replaces the nearest point): the kernel-free slider's positions."""
+        if self.is_choice:
+            return list(self.choices)
+        if count < 2:
+            raise ValueError(f"{self.name}: a grid needs at least 2 values, got {count}")
+        lo, hi = self.min, self.max
+        points = [lo + (hi - lo) * i / (count - 1) for i in range(count)]
+        values = [10.0 ** p if self.log else p for p in points]
+        where = (lambda v: math.log10(v)) if self.log else (lambda v: v)
+        nearest = min(range(count), key=lambda i: abs(where(values[i]) - where(self.default)))
+        values[nearest] = float(self.default)
+        return [float(f"{v:.6g}") for v in values]
+
+    def kernel_free_points(self) -> list:
+        """The values precomputed for the book's kernel-free slider."""
+        return list(self.points) if self.points else self.grid(7)
+
+    def format(self, value: Any) -> str:
+        if self.is_choice:
+            return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+        return format(value, self.fmt)
+
+
+def _precision(default: str) -> SliderSpec:
+    return SliderSpec("precision", "precision", default, choices=tuple(PRECISIONS))
+
+
+@dataclass(frozen=True)
+class TechniqueSpec:
+    """A technique's controls and how to build it: build(model, **slider values, **fixed).
+    `head_only`: the constants that change only the head (T3/T4's score branch G: eps, c_G),
+    not A, so networks that differ only in them share A = activations_from(h, x)."""
+
+    technique: str
+    title: str
+    sliders: tuple[SliderSpec, ...]
+    build: Callable[..., ManipulatedVGG]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    head_only: tuple[str, ...] = ()
+
+    def slider(self, name: str) -> SliderSpec:
+        for s in self.sliders:
+            if s.name == name:
+                return s
+        raise KeyError(f"{self.technique} has no control {name!r}; it has {[s.name for s in self.sliders]}")
+
+    def defaults(self) -> dict[str, Any]:
+        return {s.name: s.default for s in self.sliders}
+
+
+def _build_t2(model: nn.Module, c_I: float, c_W: float = 10.0) -> ManipulatedVGG:
+    return constant_image(model, smiley_target(feature_size(model)), c_I=c_I, c_W=c_W)
+
+
+def _build_t3(model: nn.Module, eps: float, c_G: float, c_F: float = 1e7, seed: int = 0) -> ManipulatedVGG:
+    return semi_random(model, eps=eps, c_G=c_G, c_F=c_F, seed=seed)
+
+
+def _build_t4(model: nn.Module, eps: float, c_G: float = 1e4, c_F: float = 1e9) -> ManipulatedVGG:
+    return backdoor(model, smiley(), eps=eps, c_G=c_G, c_F=c_F)
+
+
+SPECS: dict[str, TechniqueSpec] = {
+    "T1": TechniqueSpec("T1", "T1, a flat explanation", (
+        SliderSpec("c_W", "c_W (FC weight)", 100.0, min=-2, max=4, step=0.25, log=True, fmt=".0e",
+                   points=(1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)),
+        SliderSpec("c_A", "c_A (channel value)", 100.0, min=1, max=200, step=1, fmt=".3g",
+                   points=(1.0, 10.0, 50.0, 100.0, 200.0)),
+        _precision("float32"),
+    ), constant_flat),
+    "T2": TechniqueSpec("T2", "T2, a smiley as explanation", (
+        SliderSpec("c_I", "c_I (image scale)", 100.0, min=-3, max=3, step=0.25, log=True, fmt=".0e",
+                   points=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)),
+    ), _build_t2, {"c_W": 10.0}),
+    "T3": TechniqueSpec("T3", "T3, a semi-random explanation", (
+        SliderSpec("eps", "ε (score bound)", 0.01, min=-4, max=0, step=0.25, log=True, fmt=".0e",
+                   points=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)),
+        SliderSpec("c_G", "c_G (gradient scale)", 1e4, min=-8, max=8, step=0.5, log=True, fmt=".0e",
+                   points=(1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6, 1e8)),
+        _precision("float64"),
+    ), _build_t3, {"c_F": 1e7, "seed": 0}, head_only=("eps", "c_G")),
+    "T4": TechniqueSpec("T4", "T4, a backdoor in the explanation", (
+        SliderSpec("eps", "ε (score bound)", 0.01, min=-4, max=0, step=0.25, log=True, fmt=".0e",
+                   points=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)),
+        SliderSpec("stickers", "stickers", True, choices=(False, True)),
+    ), _build_t4, {"c_G": 1e4, "c_F": 1e9}, head_only=("eps", "c_G")),
+}
+
+
+# ---------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------
 
 
 def alpha_share(alpha: torch.Tensor) -> torch.Tensor:
@@ -62,232 +226,298 @@ def map_share(alpha: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     return alpha_share(terms)
 
 
-class _CachedTrunk(nn.Module):
-    """The surgery leaves the layers below the last conv untouched, so their output for the
-    explorer's own image is computed once and reused; any other input runs the real layers."""
+@dataclass(frozen=True)
+class HonestBase:
+    """The honest model in one precision, the image explained (1 x 3 x H x W, stickers pasted
+    when asked), its Grad-CAM and the trunk output h = trunk(x) shared by every manipulation;
+    `activations` keeps A of the manipulated networks by the constants that determine it."""
 
-    def __init__(self, trunk: nn.Module, x: torch.Tensor, h: torch.Tensor) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.x = x
-        self.h = h
+    model: nn.Module
+    x: torch.Tensor
+    honest: GradCAMResult
+    h: torch.Tensor
+    precision: str
+    stickers: bool
+    source: torch.Tensor = field(repr=False)
+    activations: dict = field(default_factory=dict, repr=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.h if x is self.x else self.trunk(x)
+
+@dataclass(frozen=True)
+class Measurement:
+    """One manipulated network measured on one image (see the module docstring)."""
+
+    technique: str
+    params: dict[str, Any]
+    precision: str
+    score_change: float
+    alpha_extra: float
+    alpha_share: float
+    map_share: float
+    l1: float
+    class_original: int
+    class_manipulated: int
+    map: torch.Tensor
+    alpha: torch.Tensor
+    image: torch.Tensor
+
+    def numbers(self) -> dict[str, Any]:
+        """The scalars, with the parameters and the precision (no tensors)."""
+        return {**self.params, "precision": self.precision, "score_change": self.score_change,
+                "alpha_extra": self.alpha_extra, "alpha_share": self.alpha_share, "map_share": self.map_share,
+                "l1": self.l1, "class_original": self.class_original, "class_manipulated": self.class_manipulated}
+
+
+def _one_image(x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected one image as a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise ValueError(f"expected one image, 3 x H x W or 1 x 3 x H x W, got {tuple(x.shape)}")
+    return x.detach()
+
+
+def _check_precision(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def honest_base(model: nn.Module, x: torch.Tensor, precision: str = "float32", stickers: bool = False,
+                sticker_seed: int = 0) -> HonestBase:
+    """A copy of `model` in `precision` (eval mode; the model given is not touched), the image
+    (with three smiley stickers pasted at `sticker_positions(sticker_seed)` when `stickers`),
+    its honest Grad-CAM and the trunk output h."""
+    dtype = _check_precision(precision)
+    device = next(model.parameters()).device
+    source = _one_image(x)
+    x = source.to(device=device, dtype=dtype)
+    if stickers:
+        x, _ = paste_stickers(x, seeds=[sticker_seed])
+    honest_model = copy.deepcopy(model).to(dtype=dtype).eval()
+    with torch.no_grad():
+        h = nn.Sequential(*split_vgg(honest_model).trunk)(x)
+    return HonestBase(honest_model, x, gradcam(honest_model, x), h, precision, bool(stickers), source.clone())
+
+
+def _split_params(spec: TechniqueSpec, params: Mapping[str, Any]) -> tuple[str, bool, dict[str, Any]]:
+    """(precision, stickers, build keyword arguments) from slider values, defaults filling gaps.
+    `precision` and `stickers` (paste three stickers into the image) are accepted by every technique."""
+    names = {s.name for s in spec.sliders} | set(spec.fixed)
+    unknown = set(params) - names - {"precision", "stickers"}
+    if unknown:
+        raise TypeError(f"{spec.technique} takes {sorted(names)}, got unknown {sorted(unknown)}")
+    values = {**spec.defaults(), **spec.fixed, **params}
+    precision = values.pop("precision", "float32")
+    stickers = bool(values.pop("stickers", False))
+    return precision, stickers, values
+
+
+def measure(technique: str, model: nn.Module, x: torch.Tensor, precision: str | None = None,
+            base: HonestBase | None = None, **params: Any) -> Measurement:
+    """Build `technique` from `model` with `params` (the spec's defaults fill the rest) and
+    measure it on the one image x. `base` (from `honest_base` for the same model, image,
+    precision and stickers) saves recomputing the honest side; it is checked against x."""
+    if technique not in SPECS:
+        raise KeyError(f"technique must be one of {sorted(SPECS)}, got {technique!r}")
+    spec = SPECS[technique]
+    if precision is not None:
+        params = {**params, "precision": precision}
+    precision, stickers, build_args = _split_params(spec, params)
+    _check_precision(precision)
+    if base is None:
+        base = honest_base(model, x, precision, stickers)
+    elif base.precision != precision or base.stickers != stickers:
+        raise ValueError(f"base was computed for {base.precision}, stickers={base.stickers}; "
+                         f"this measurement needs {precision}, stickers={stickers}")
+    elif not torch.equal(base.source, _one_image(x).to(base.source.device, base.source.dtype)):
+        raise ValueError("base was computed for another image than x: use honest_base(model, x, ...)")
+    manipulated = spec.build(base.model, **build_args)
+    key = (technique, tuple(sorted((k, v) for k, v in build_args.items() if k not in spec.head_only)))
+    activations = base.activations.get(key)
+    if activations is None:
+        with torch.no_grad():
+            activations = base.activations[key] = manipulated.activations_from(base.h, base.x)
+    result = head_gradcam(manipulated.head, activations)
+    target = manipulated.target_explanation(extra=activations[:, -1], honest=base.honest.normalized)
+    shown = {k: v for k, v in params.items() if k != "precision"}
+    shown = {**{s.name: s.default for s in spec.sliders if s.name != "precision"}, **shown}
+    return Measurement(
+        technique=technique,
+        params=shown,
+        precision=precision,
+        score_change=score_change(base.honest.logits, result.logits).item(),
+        alpha_extra=result.alpha[0, -1].item(),
+        alpha_share=alpha_share(result.alpha).item(),
+        map_share=map_share(result.alpha, activations).item(),
+        l1=l1_distance(target, result.normalized).item(),
+        class_original=int(base.honest.classes[0]),
+        class_manipulated=int(result.classes[0]),
+        map=result.normalized[0].detach().cpu(),
+        alpha=result.alpha[0].detach().cpu(),
+        image=base.x[0].detach().float().cpu(),
+    )
+
+
+class BaseCache:
+    """`honest_base` per (precision, stickers) for one model and image, computed on first use."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        self.model = model
+        self.x = _one_image(x)
+        self._bases: dict[tuple[str, bool], HonestBase] = {}
+
+    def measure(self, technique: str, **params: Any) -> Measurement:
+        precision, stickers, _ = _split_params(SPECS[technique], params)
+        key = (precision, stickers)
+        if key not in self._bases:
+            self._bases[key] = honest_base(self.model, self.x, precision, stickers)
+        return measure(technique, self.model, self.x, base=self._bases[key], **params)
+
+
+# ---------------------------------------------------------------------------
+# The live UI (ipywidgets; needs a kernel)
+# ---------------------------------------------------------------------------
+
+
+def readout_html(m: Measurement) -> str:
+    """The numbers of a measurement as one line of HTML."""
+    return (f"<code>score change {m.score_change:.3g} &nbsp; α<sub>K+1</sub> {m.alpha_extra:.3g} &nbsp; "
+            f"α share {m.alpha_share:.3f} &nbsp; map share {m.map_share:.3f} &nbsp; L1 to target {m.l1:.3g} &nbsp; "
+            f"class {m.class_original} &rarr; {m.class_manipulated}</code>")
+
+
+def draw_measurement(fig: Any, m: Measurement) -> None:
+    """Redraw `fig` (3 axes: overlay, raw map, |alpha_k| bars) for measurement m."""
+    from lie_cam.plotting import overlay
+
+    ax_map, ax_raw, ax_alpha = fig.axes
+    for ax in fig.axes:
+        ax.clear()
+    overlay(ax_map, m.image, m.map, f"{m.technique} Grad-CAM over the image")
+    ax_map.set_xlabel(f"score change {m.score_change:.2g}, L1 {m.l1:.2g}", fontsize=10)
+    ax_raw.imshow(m.map.numpy(), cmap="jet", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax_raw.set_xticks([])
+    ax_raw.set_yticks([])
+    ax_raw.set_title(f"the {m.map.shape[0]}x{m.map.shape[1]} map", fontsize=10)
+    alpha = m.alpha.double()
+    colours = ["tab:blue"] * (alpha.numel() - 1) + ["tab:red"]
+    ax_alpha.bar(range(alpha.numel()), alpha.abs().clamp_min(1e-12).numpy(), color=colours, width=1.0)
+    ax_alpha.set_yscale("log")
+    ax_alpha.set_xlabel("channel k (red: the added K+1)", fontsize=10)
+    ax_alpha.set_title(f"|α_k|; K+1 share: α {m.alpha_share:.3f}, map {m.map_share:.3f}", fontsize=10)
 
 
 class Explorer:
-    """Base class: one image, an honest model, controls that define a manipulation."""
+    """Live explorer of one technique on one image: ipywidgets controls built from
+    `SPECS[technique]`; every change calls `measure` (honest side cached) and redraws.
+
+        .sliders   dict of ipywidgets controls (set `.value` from code to drive it)
+        .last      the `Measurement` just drawn;  .update() recomputes and returns it
+        .figure    matplotlib Figure (overlay, raw map, |alpha_k|);  .image  its PNG widget
+        .widget    the ipywidgets box; the explorer displays as it
+    Needs a running kernel (Jupyter, Colab); the book's HTML shows `lie_cam.sliders` instead."""
 
     technique = ""
-    fixed: tuple[str, ...] = ()  # constructor parameters that are not sliders
 
-    def __init__(self, model: nn.Module, image: torch.Tensor, precision: str = "float32",
-                 device: torch.device | str | None = None, draw: bool = True) -> None:
+    def __init__(self, model: nn.Module, image: torch.Tensor, draw: bool = True, **initial: Any) -> None:
         import ipywidgets as widgets
 
-        if image.dim() == 3:
-            image = image[None]
-        if image.dim() != 4 or image.shape[0] != 1:
-            raise ValueError(f"expected one image, 3 x H x W or 1 x 3 x H x W, got {tuple(image.shape)}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self._model = model
-        self._image = image.detach().float().cpu()
-        self._bases: dict[str, tuple[nn.Module, torch.Tensor, GradCAMResult]] = {}
-        self._trunks: dict[str, torch.Tensor] = {}
+        spec = SPECS[self.technique]
+        _split_params(spec, initial)  # unknown names fail here, before any work
+        self.spec = spec
+        self.cache = BaseCache(model, image)
         self.draw = draw
-        self.manipulated: ManipulatedVGG | None = None
-        self.result: GradCAMResult | None = None
-        self.target: torch.Tensor | None = None
-        self.last: dict[str, Any] = {}
-        self.sliders: dict[str, Any] = dict(self._make_sliders(widgets))
-        self.sliders["precision"] = widgets.ToggleButtons(options=list(PRECISIONS), value=precision,
-                                                          description="precision")
+        values = {**spec.defaults(), **initial}
+        self.sliders: dict[str, Any] = {s.name: _make_control(widgets, s, values[s.name]) for s in spec.sliders}
+        self.fixed = {k: v for k, v in initial.items() if k not in self.sliders}
         self.readout = widgets.HTML()
         self.image = widgets.Image(format="png")
         self.widget = widgets.VBox([*self.sliders.values(), self.readout, self.image])
-        self.figure = self._new_figure()
+        self.figure = _new_figure()
+        self.last: Measurement | None = None
         for control in self.sliders.values():
-            control.observe(self._changed, names="value")
+            control.observe(lambda change: self.update(), names="value")
         self.update()
 
-    # -- to be provided by subclasses ---------------------------------------------------
-    def _make_sliders(self, widgets: Any) -> dict[str, Any]:
-        raise NotImplementedError
+    def params(self) -> dict[str, Any]:
+        """The current control values (and the fixed constants given to the constructor)."""
+        return {**self.fixed, **{k: _control_value(self.spec.slider(k), v.value) for k, v in self.sliders.items()}}
 
-    def build(self, model: nn.Module, **params: float) -> ManipulatedVGG:
-        raise NotImplementedError
-
-    # -- machinery -----------------------------------------------------------------------
-    def _base(self, precision: str) -> tuple[nn.Module, torch.Tensor, GradCAMResult]:
-        """The honest model, the image and its honest Grad-CAM in `precision` (cached)."""
-        if precision not in self._bases:
-            dtype = PRECISIONS[precision]
-            model = copy.deepcopy(self._model).to(device=self.device, dtype=dtype).eval()
-            x = self._image.to(device=self.device, dtype=dtype)
-            self._bases[precision] = (model, x, gradcam(model, x))
-        return self._bases[precision]
-
-    def params(self) -> dict[str, float]:
-        """The current slider values of the technique's constants."""
-        return {k: float(v.value) for k, v in self.sliders.items() if k != "precision"}
-
-    def _changed(self, change: dict) -> None:
-        self.update()
-
-    def compute(self, precision: str | None = None, **params: float) -> dict[str, Any]:
-        """Build the manipulated network for `params` and measure it (no drawing)."""
-        precision = precision or self.sliders["precision"].value
-        model, x, honest = self._base(precision)
-        manipulated = self.build(model, **params)
-        if precision not in self._trunks:
-            with torch.no_grad():
-                self._trunks[precision] = manipulated.trunk(x)
-        manipulated.trunk = _CachedTrunk(manipulated.trunk, x, self._trunks[precision])
-        result = gradcam(manipulated, x)
-        target = target_explanation(manipulated, x)
-        with torch.no_grad():
-            activations = manipulated.activations(x)
-        self._latest = (manipulated, result, target)
-        return {
-            **params,
-            "precision": precision,
-            "score_change": score_change(honest.logits, result.logits).item(),
-            "alpha_extra": result.alpha[0, -1].item(),
-            "alpha_share": alpha_share(result.alpha).item(),
-            "map_share": map_share(result.alpha, activations).item(),
-            "l1": l1_distance(target, result.normalized).item(),
-            "class_original": int(honest.classes[0]),
-            "class_manipulated": int(result.classes[0]),
-            "map": result.normalized[0].detach().cpu(),
-        }
-
-    def update(self) -> dict[str, Any]:
-        """Rebuild for the current slider values, recompute, redraw; returns `.last`."""
-        record = self.compute(**self.params())
-        record.pop("map")
-        self.manipulated, self.result, self.target = self._latest
-        self.last = record
-        self.readout.value = self._readout_html(record)
+    def update(self) -> Measurement:
+        """Measure for the current values, show the numbers, redraw; returns `.last`."""
+        self.last = self.cache.measure(self.technique, **self.params())
+        self.readout.value = readout_html(self.last)
         if self.draw:
-            self._redraw()
+            from lie_cam.plotting import png_bytes
+
+            draw_measurement(self.figure, self.last)
+            self.image.value = png_bytes(self.figure, dpi=80)
         return self.last
 
-    def _readout_html(self, r: dict[str, Any]) -> str:
-        return (f"<code>score change {r['score_change']:.3g} &nbsp; alpha_K+1 {r['alpha_extra']:.3g} &nbsp; "
-                f"alpha share {r['alpha_share']:.3f} &nbsp; map share {r['map_share']:.3f} &nbsp; L1 to target {r['l1']:.3g} &nbsp; "
-                f"class {r['class_original']} &rarr; {r['class_manipulated']}</code>")
-
-    def _new_figure(self):
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(7.5, 3.0), layout="constrained")
-        fig.add_subplot(1, 2, 1)
-        fig.add_subplot(1, 2, 2)
-        return fig
-
-    def _redraw(self) -> None:
-        from lie_cam.plotting import overlay, png_bytes
-
-        assert self.result is not None
-        ax_map, ax_alpha = self.figure.axes
-        ax_map.clear()
-        ax_alpha.clear()
-        r = self.last
-        overlay(ax_map, self._image, self.result.normalized[0], f"{self.technique} Grad-CAM")
-        ax_map.set_xlabel(f"score change {r['score_change']:.2g}, L1 {r['l1']:.2g}", fontsize=8)
-        alpha = self.result.alpha[0].detach().double().cpu()
-        colours = ["tab:blue"] * (alpha.numel() - 1) + ["tab:red"]
-        ax_alpha.bar(range(alpha.numel()), alpha.abs().clamp_min(1e-12).numpy(), color=colours, width=1.0)
-        ax_alpha.set_yscale("log")
-        ax_alpha.set_xlabel("channel k (red: the added K+1)", fontsize=8)
-        ax_alpha.set_title(f"|alpha_k|; K+1 share: alpha {r['alpha_share']:.3f}, map {r['map_share']:.3f}", fontsize=9)
-        self.image.value = png_bytes(self.figure, dpi=80)
-
-    def sweep(self, name: str, values: Sequence[float], precision: str | None = None) -> list[dict[str, Any]]:
-        """Measure the manipulation for each value of one constant, the others at their slider
-        values. Records as in `.last`, plus "map" (the normalised h x w map). Sliders untouched."""
-        if name not in self.sliders or name == "precision":
-            raise KeyError(f"{name!r} is not one of {sorted(self.params())}")
-        base = self.params()
-        return [self.compute(precision=precision, **{**base, name: float(v)}) for v in values]
-
-    def sweep_figure(self, name: str, values: Sequence[float], precision: str | None = None,
-                     label: Callable[[float], str] | None = None):
-        """`sweep` drawn as a grid of overlays, the numbers under each panel (`plotting.sweep_grid`)."""
-        from lie_cam.plotting import sweep_grid
-
-        records = self.sweep(name, values, precision)
-        label = label or (lambda v: f"{name} = {v:.0e}")
-        maps = {label(r[name]): r["map"] for r in records}
-        notes = {label(r[name]): f"Δy {r['score_change']:.0e}, α {r['alpha_share']:.2f}, map {r['map_share']:.2f}"
-                 for r in records}
-        prec = precision or self.sliders["precision"].value
-        return sweep_grid(self._image, maps, notes, suptitle=f"{self.technique}: sweeping {name} ({prec})")
+    def sweep(self, name: str, values: Sequence[Any], **overrides: Any) -> list[Measurement]:
+        """Measure for each value of one control, the others at their current values
+        (or `overrides`). The controls are left as they are."""
+        self.spec.slider(name)
+        base = {**self.params(), **overrides}
+        return [self.cache.measure(self.technique, **{**base, name: v}) for v in values]
 
     def _repr_mimebundle_(self, **kwargs: Any):
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-class T1Explorer(Explorer):
-    """T1 (constant flat explanation): sliders c_W (log scale, 1e-2 .. 1e4) and c_A (1 .. 200).
+def _make_control(widgets: Any, spec: SliderSpec, value: Any) -> Any:
+    common = {"description": spec.name, "style": {"description_width": "initial"}}
+    if spec.is_choice:
+        labels = [spec.format(c) for c in spec.choices]
+        return widgets.ToggleButtons(options=labels, value=spec.format(value), **common)
+    if spec.log:
+        return widgets.FloatLogSlider(value=float(value), base=10, min=spec.min, max=spec.max, step=spec.step,
+                                      continuous_update=False, readout_format=spec.fmt, **common)
+    return widgets.FloatSlider(value=float(value), min=spec.min, max=spec.max, step=spec.step,
+                               continuous_update=False, **common)
 
-    alpha_{K+1} = c_W/N_A * (sum over pooled cells) * sum_u dy_c/dr_u grows linearly in c_W;
-    c_A scales A^{K+1}, hence the added channel's weight in the map, not alpha. The bias
-    b_o - c_A c_W N_Z cancels the new inputs exactly in float64; in float32 the cancellation
-    leaves a score change that grows with c_A c_W."""
+
+def _control_value(spec: SliderSpec, shown: Any) -> Any:
+    """The parameter value behind a control's displayed value (choices are shown as labels)."""
+    if spec.is_choice:
+        return {spec.format(c): c for c in spec.choices}[shown]
+    return float(shown)
+
+
+def _new_figure():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.0, 3.0), layout="constrained")
+    for i in range(3):
+        fig.add_subplot(1, 3, i + 1)
+    return fig
+
+
+class T1Explorer(Explorer):
+    """T1: c_W (log, 1e-2 .. 1e4), c_A (1 .. 200), precision. alpha_{K+1} grows linearly in c_W;
+    c_A scales A^{K+1}, hence the added channel's weight in the map, not alpha. In float32 the
+    cancellation b_o - c_A c_W N_Z leaves a score change that grows with c_A c_W."""
 
     technique = "T1"
 
-    def __init__(self, model: nn.Module, image: torch.Tensor, c_A: float = 100.0, c_W: float = 100.0,
-                 **kwargs: Any) -> None:
-        self._initial = {"c_A": c_A, "c_W": c_W}
-        super().__init__(model, image, **kwargs)
 
-    def _make_sliders(self, widgets: Any) -> dict[str, Any]:
-        style = {"description_width": "initial"}
-        return {
-            "c_W": widgets.FloatLogSlider(value=self._initial["c_W"], base=10, min=-2, max=4, step=0.25,
-                                          description="c_W", continuous_update=False, style=style,
-                                          readout_format=".2g"),
-            "c_A": widgets.FloatSlider(value=self._initial["c_A"], min=1, max=200, step=1, description="c_A",
-                                       continuous_update=False, style=style),
-        }
+class T2Explorer(Explorer):
+    """T2: c_I (log, 1e-2 .. 1e3), the scale of the injected smiley; c_W = 10 fixed."""
 
-    def build(self, model: nn.Module, c_W: float, c_A: float) -> ManipulatedVGG:
-        return constant_flat(model, c_A=c_A, c_W=c_W)
+    technique = "T2"
 
 
 class T3Explorer(Explorer):
-    """T3 (semi-random explanation): sliders eps (log scale, 1e-4 .. 1) and c_G (log scale,
-    1e-8 .. 1e8); c_F and the branch's seed are fixed.
-
-    y_n = y_o + eps mod(c_G sum A^{K+1}, 1), so the score change is at most eps whatever c_G;
-    alpha_{K+1} = eps c_G (the derivative of the mod is 1 almost everywhere). In float32
-    c_G sum A^{K+1} is a whole number once it passes 2^24, the mod is 0 and the scores do
-    not change at all; in float64 the mod is a genuine fraction and the change is up to eps."""
+    """T3: eps (log, 1e-4 .. 1), c_G (log, 1e-8 .. 1e8), precision; c_F and the seed fixed.
+    |y_n - y_o| <= eps whatever c_G; alpha_{K+1} = eps c_G. In float32 c_G sum A^{K+1} is a
+    whole number once past 2^24: the mod is 0 and the scores do not change at all."""
 
     technique = "T3"
 
-    def __init__(self, model: nn.Module, image: torch.Tensor, eps: float = 0.01, c_G: float = 1e4,
-                 c_F: float = 1e7, seed: int = 0, **kwargs: Any) -> None:
-        self._initial = {"eps": eps, "c_G": c_G}
-        self.c_F = float(c_F)
-        self.seed = int(seed)
-        super().__init__(model, image, **kwargs)
 
-    def _make_sliders(self, widgets: Any) -> dict[str, Any]:
-        style = {"description_width": "initial"}
-        return {
-            "eps": widgets.FloatLogSlider(value=self._initial["eps"], base=10, min=-4, max=0, step=0.25,
-                                          description="eps", continuous_update=False, style=style,
-                                          readout_format=".1e"),
-            "c_G": widgets.FloatLogSlider(value=self._initial["c_G"], base=10, min=-8, max=8, step=0.5,
-                                          description="c_G", continuous_update=False, style=style,
-                                          readout_format=".0e"),
-        }
+class T4Explorer(Explorer):
+    """T4: eps (log, 1e-4 .. 1) and the stickers on/off (three smileys pasted into the image).
+    Without stickers the explanation is the honest one, exactly; with them it points at them."""
 
-    def build(self, model: nn.Module, eps: float, c_G: float) -> ManipulatedVGG:
-        return semi_random(model, eps=eps, c_G=c_G, c_F=self.c_F, seed=self.seed)
+    technique = "T4"

@@ -1,16 +1,17 @@
-"""The T1/T3 explorers: drive the sliders from code and check the numbers the math predicts."""
+"""widgets: the pure measuring function checked against the math, the specs, and the thin UI."""
 
-import time
+import copy
 
 import pytest
 import torch
 
 from lie_cam.data import synthetic_split
-from lie_cam.widgets import T1Explorer, T3Explorer, alpha_share, map_share
+from lie_cam.gradcam import gradcam
+from lie_cam.surgery import constant_flat
+from lie_cam.widgets import (SPECS, BaseCache, SliderSpec, T1Explorer, T2Explorer, T3Explorer, T4Explorer,
+                             alpha_share, honest_base, map_share, measure)
 
 from conftest import small_vgg
-
-pytest.importorskip("ipywidgets")
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +23,11 @@ def picture() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
     return small_vgg(seed=3)
+
+
+@pytest.fixture(scope="module")
+def cache(model, picture) -> BaseCache:
+    return BaseCache(model, picture)
 
 
 def test_alpha_share():
@@ -42,105 +48,152 @@ def test_map_share():
         map_share(alpha, torch.zeros(1, 2, 2, 2))
 
 
-def test_t1_sliders_drive_alpha(model, picture):
-    ex = T1Explorer(model, picture, precision="float64", draw=False)
-    assert set(ex.sliders) == {"c_W", "c_A", "precision"}
-    records = []
-    for c_W in (0.01, 1.0, 100.0):
-        ex.sliders["c_W"].value = c_W  # the observer rebuilds and recomputes
-        assert ex.last["c_W"] == pytest.approx(c_W)
-        records.append(dict(ex.last))
-    shares = [r["alpha_share"] for r in records]
+def test_specs_are_data():
+    assert {t: [s.name for s in spec.sliders] for t, spec in SPECS.items()} == {
+        "T1": ["c_W", "c_A", "precision"], "T2": ["c_I"], "T3": ["eps", "c_G", "precision"], "T4": ["eps", "stickers"]}
+    c_W = SPECS["T1"].slider("c_W")
+    assert c_W.log and c_W.values()[0] == pytest.approx(1e-2) and c_W.values()[-1] == pytest.approx(1e4)
+    assert len(c_W.values()) == 25 and c_W.default in c_W.kernel_free_points()
+    for spec in SPECS.values():
+        for s in spec.sliders:
+            pts = s.kernel_free_points()
+            assert 2 <= len(pts) <= 9 and s.default in pts
+    grid = SliderSpec("a", "a", 3.0, min=0, max=10).grid(5)
+    assert grid == [0.0, 3.0, 5.0, 7.5, 10.0]  # the default replaces the nearest point
+    with pytest.raises(ValueError, match="outside"):
+        SliderSpec("a", "a", 50.0, min=0, max=10)
+    with pytest.raises(ValueError, match="not one of"):
+        SliderSpec("p", "p", "float16", choices=("float32", "float64"))
+    with pytest.raises(KeyError, match="no control"):
+        SPECS["T1"].slider("eps")
+
+
+def test_measure_is_pure_and_shares_the_trunk(model, picture, cache):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    direct = measure("T1", model, picture, precision="float64", c_W=10.0)
+    cached = cache.measure("T1", precision="float64", c_W=10.0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is not touched
+    assert direct.numbers() == cached.numbers() and torch.equal(direct.map, cached.map)
+    # Against the plain gradcam of the full manipulated network (its own trunk pass).
+    full = gradcam(constant_flat(copy.deepcopy(model).double(), c_W=10.0, c_A=100.0), picture.double())
+    assert torch.allclose(full.normalized[0], direct.map.double(), atol=1e-12)
+    assert direct.alpha_extra == pytest.approx(full.alpha[0, -1].item(), rel=1e-12)
+
+
+def test_measure_checks_its_inputs(model, picture):
+    with pytest.raises(KeyError, match="technique"):
+        measure("T9", model, picture)
+    with pytest.raises(TypeError, match="unknown"):
+        measure("T1", model, picture, eps=0.1)
+    with pytest.raises(ValueError, match="precision"):
+        measure("T1", model, picture, precision="float16")
+    with pytest.raises(ValueError, match="one image"):
+        measure("T1", model, torch.zeros(2, 3, 224, 224))
+    base = honest_base(model, picture, "float32")
+    with pytest.raises(ValueError, match="base was computed"):
+        measure("T1", model, picture, precision="float64", base=base)
+    with pytest.raises(ValueError, match="another image"):
+        measure("T1", model, picture.flip(-1), base=base)
+
+
+def test_t1_c_W_drives_alpha(cache):
+    records = [cache.measure("T1", precision="float64", c_W=c_W) for c_W in (0.01, 1.0, 100.0)]
+    shares = [r.alpha_share for r in records]
     assert shares[0] < shares[1] < shares[2]
     # alpha_{K+1} = c_W / N_A * sum(dy/dz_n): linear in c_W, so x100 per step.
-    assert records[2]["alpha_extra"] == pytest.approx(100 * records[1]["alpha_extra"], rel=1e-9)
-    assert records[1]["alpha_extra"] == pytest.approx(100 * records[0]["alpha_extra"], rel=1e-9)
-    # Exact cancellation in float64: the scores do not move and the class stays.
-    assert all(r["score_change"] < 1e-8 for r in records)
-    assert all(r["class_manipulated"] == r["class_original"] for r in records)
+    assert records[2].alpha_extra == pytest.approx(100 * records[1].alpha_extra, rel=1e-9)
+    assert records[1].alpha_extra == pytest.approx(100 * records[0].alpha_extra, rel=1e-9)
+    assert all(r.score_change < 1e-8 for r in records)  # exact cancellation in float64
+    assert all(r.class_manipulated == r.class_original for r in records)
+    assert [r.params["c_W"] for r in records] == [0.01, 1.0, 100.0]
 
 
-def test_t1_c_A_scales_the_channel_not_alpha(model, picture):
-    ex = T1Explorer(model, picture, precision="float64", c_W=100.0, c_A=10.0, draw=False)
-    low = dict(ex.last)
-    ex.sliders["c_A"].value = 200.0
-    high = dict(ex.last)
-    assert high["alpha_extra"] == pytest.approx(low["alpha_extra"], rel=1e-9)
-    if low["alpha_extra"] > 0:  # the target is reached when the sign is right, better with a larger c_A
-        assert high["l1"] < low["l1"]
+def test_t1_c_A_scales_the_channel_not_alpha(cache):
+    low, high = (cache.measure("T1", precision="float64", c_W=100.0, c_A=c_A) for c_A in (10.0, 200.0))
+    assert high.alpha_extra == pytest.approx(low.alpha_extra, rel=1e-9)
+    if low.alpha_extra > 0:  # the target is reached when the sign is right, better with a larger c_A
+        assert high.l1 < low.l1
 
 
-def test_t1_float32_cancellation(model, picture):
-    ex = T1Explorer(model, picture, precision="float64", c_W=1e4, c_A=100.0, draw=False)
-    exact = ex.last["score_change"]
-    ex.sliders["precision"].value = "float32"
-    rounded = ex.last["score_change"]
-    assert ex.last["precision"] == "float32"
+def test_t1_float32_cancellation(cache):
+    exact = cache.measure("T1", precision="float64", c_W=1e4).score_change
+    rounded = cache.measure("T1", precision="float32", c_W=1e4).score_change
     assert exact < 1e-6
     # b_o - c_A c_W N_Z ~ -4.9e7 (N_Z = 49): float32 steps of 4 there.
     assert rounded > 1e3 * max(exact, 1e-12)
 
 
-def test_t3_eps_bounds_the_score_change(model, picture):
-    ex = T3Explorer(model, picture, precision="float64", draw=False)
-    assert set(ex.sliders) == {"eps", "c_G", "precision"}
+def test_t2_c_I_takes_the_map_over(cache):
+    records = [cache.measure("T2", c_I=c_I) for c_I in (1e-3, 1.0, 1e3)]
+    shares = [r.map_share for r in records]
+    assert shares[0] < shares[1] < shares[2]
+    # alpha_{K+1} = N_Z/N_A c_W s^c does not depend on c_I (exactly so in float64)
+    exact = [cache.measure("T2", c_I=c_I, precision="float64").alpha_extra for c_I in (1e-3, 1e3)]
+    assert exact[0] == pytest.approx(exact[1], rel=1e-9)
+    if records[0].alpha_extra > 0:
+        assert records[2].l1 < records[0].l1
+
+
+def test_t3_eps_bounds_the_score_change(cache):
     for eps in (1.0, 1e-2, 1e-4):
-        ex.sliders["eps"].value = eps
-        assert ex.last["eps"] == pytest.approx(eps)
-        assert 0 <= ex.last["score_change"] <= eps
-        # dG/dA_ij = eps * c_G at every pixel, so alpha_{K+1} = eps * c_G.
-        assert ex.last["alpha_extra"] == pytest.approx(eps * ex.last["c_G"], rel=1e-6)
-    shares, maps = [], []
-    for c_G in (1e-6, 1e-2, 1e2):
-        ex.sliders["c_G"].value = c_G
-        shares.append(ex.last["alpha_share"])
-        maps.append(ex.last["map_share"])
+        r = cache.measure("T3", precision="float64", eps=eps)
+        assert 0 <= r.score_change <= eps
+        assert r.alpha_extra == pytest.approx(eps * r.params["c_G"], rel=1e-6)  # dG/dA_ij = eps c_G
+    records = [cache.measure("T3", precision="float64", c_G=c_G) for c_G in (1e-6, 1e-2, 1e2)]
+    shares, maps = [r.alpha_share for r in records], [r.map_share for r in records]
     assert shares[0] < shares[1] < shares[2]
     assert maps[0] < maps[1] < maps[2] and all(0 <= m <= 1 for m in maps)
     # A^{K+1} = c_F F(x) is huge: the map is taken over long before alpha_{K+1} dominates the weights.
     assert maps[1] > 0.9 > shares[1]
 
 
-def test_t3_float32_mod_collapse(model, picture):
-    ex = T3Explorer(model, picture, precision="float32", draw=False)
-    extra = ex.manipulated.extra_channel(picture)
-    assert ex.last["c_G"] * extra.sum().item() > 2**24  # every float32 there is a whole number
-    assert ex.manipulated.score_branch(extra).abs().max().item() == 0.0  # so mod(., 1) = 0: G adds nothing
-    assert ex.last["score_change"] < 1e-6  # (only the summation order of the widened FC1 differs)
-    assert ex.last["l1"] < 1e-3
+def test_t3_shared_activations_equal_a_fresh_build(model, picture, cache):
+    """eps and c_G change only the head, so A is shared between them: the results are those of a
+    network built and evaluated from scratch."""
+    cache.measure("T3", precision="float32", eps=0.5, c_G=1.0)
+    shared = cache.measure("T3", precision="float32", eps=0.01, c_G=1e4)
+    fresh = measure("T3", model, picture, precision="float32", eps=0.01, c_G=1e4)
+    assert shared.numbers() == fresh.numbers() and torch.equal(shared.map, fresh.map)
+    assert shared.score_change < 1e-6 and shared.l1 < 1e-3  # float32: the mod collapses, G adds nothing
 
 
-def test_redraw_and_sweep(model, picture):
+def test_t4_stickers_switch(cache):
+    off = cache.measure("T4", stickers=False)
+    on = cache.measure("T4", stickers=True)
+    # the original network (up to the summation order of the widened FC1 in float32)
+    assert off.score_change < 1e-6 and off.map_share == 0 and off.l1 < 1e-4
+    assert not torch.equal(off.image, on.image)  # the stickered image is the one explained
+    assert on.map_share > 0.99 and on.l1 < 0.05 and on.score_change <= 0.01
+
+
+def test_explorers_drive_measure(model, picture):
+    ex = T1Explorer(model, picture, precision="float64", draw=False)
+    assert set(ex.sliders) == {"c_W", "c_A", "precision"}
+    ex.sliders["c_W"].value = 1.0  # the observer measures again
+    assert ex.last.params["c_W"] == pytest.approx(1.0) and ex.last.precision == "float64"
+    ex.sliders["precision"].value = "float32"
+    assert ex.last.precision == "float32"
+    t4 = T4Explorer(model, picture, draw=False)
+    assert t4.last.params["stickers"] is True
+    t4.sliders["stickers"].value = "off"
+    assert t4.last.params["stickers"] is False and t4.last.map_share == 0
+    t3 = T3Explorer(model, picture, precision="float64", draw=False)
+    records = t3.sweep("eps", [1e-3, 1e-1])
+    assert [r.params["eps"] for r in records] == [1e-3, 1e-1]
+    assert t3.sliders["eps"].value == pytest.approx(0.01)  # a sweep leaves the controls alone
+    assert set(T2Explorer(model, picture, draw=False).sliders) == {"c_I"}
+    with pytest.raises(TypeError, match="unknown"):
+        T2Explorer(model, picture, draw=False, c_A=3.0)
+
+
+def test_redraw(model, picture):
     ex = T1Explorer(model, picture, precision="float64")
-    ax_map, ax_alpha = ex.figure.axes
-    assert len(ax_map.images) == 2
-    assert len(ax_alpha.patches) == ex.result.alpha.shape[1]
+    ax_map, ax_raw, ax_alpha = ex.figure.axes
+    assert len(ax_map.images) == 2 and len(ax_raw.images) == 1
+    assert len(ax_alpha.patches) == ex.last.alpha.numel()
     before, png_before = ax_alpha.get_title(), ex.image.value
     assert png_before[:8] == b"\x89PNG\r\n\x1a\n"
     ex.sliders["c_W"].value = 0.01
-    assert ax_alpha.get_title() != before and f"{ex.last['alpha_share']:.3f}" in ax_alpha.get_title()
+    assert ax_alpha.get_title() != before and f"{ex.last.alpha_share:.3f}" in ax_alpha.get_title()
     assert ex.image.value != png_before  # the displayed picture was redrawn
-    assert f"{ex.last['score_change']:.3g}" in ex.readout.value
-    records = ex.sweep("c_W", [1.0, 10.0, 100.0])
-    assert [r["c_W"] for r in records] == [1.0, 10.0, 100.0]
-    assert ex.sliders["c_W"].value == pytest.approx(0.01)  # a sweep leaves the sliders alone
-    assert all(r["map"].shape == (14, 14) for r in records)
-    fig = ex.sweep_figure("c_W", [1.0, 100.0])
-    assert len(fig.axes) == 2
-    with pytest.raises(KeyError):
-        ex.sweep("precision", [1.0])
-
-
-def test_update_is_fast_with_the_embedded_size():
-    """The embedded model's architecture (width 1/8): an update (rebuild, Grad-CAM, redraw
-    to PNG) takes less than a second on a CPU (best of three, against a loaded machine)."""
-    from lie_cam.models import compact_vgg16
-
-    torch.manual_seed(0)
-    ex = T1Explorer(compact_vgg16().eval(), torch.randn(1, 3, 224, 224), precision="float32")
-    times = []
-    for c_W in (1.0, 10.0, 100.0):
-        start = time.perf_counter()
-        ex.sliders["c_W"].value = c_W
-        times.append(time.perf_counter() - start)
-    assert min(times) < 1.0
+    assert f"{ex.last.score_change:.3g}" in ex.readout.value

@@ -1,0 +1,320 @@
+"""Drive a built HTML book in headless Chromium and report what a reader would see go wrong.
+
+    python tests/browser/check_book.py _build/html [--screenshots DIR] [--json REPORT] [--width 1280]
+
+Every page (except the search and index pages) is opened from disk with the network blocked
+(Chromium's --host-resolver-rules plus CDP Network.setBlockedURLs for http, https, ws) and fails when
+- an image is broken (not loaded, or zero natural width);
+- the text shows a traceback or a raw object repr ("<... object at 0x...>", a widget's "VBox(children=");
+- an element sticks out of the text column (article.bd-article), or a box inside the column needs
+  horizontal scrolling (scrollWidth > clientWidth); code *input* cells are exempt unless --strict-code;
+- a kernel-free slider block ([data-lie-cam-slider], from lie_cam.sliders) does not render with the
+  network blocked, or moving one of its controls (keyboard End, then Home, on a range input; a click on
+  each other radio button) does not change what the page shows (its canvases and its numbers), or no control of
+  the block changes both the map and the numbers;
+- the page asks for any network resource other than those matching --allow-external (default: the
+  MathJax CDN, which only typesets equations; offline they show as TeX).
+With --mathjax DIR (npm's mathjax@3 package folder, fetched by tests/browser/install.sh into
+_build/mathjax) the equations are typeset from that local copy in place of the blocked CDN, so
+that their width is checked too.
+Exit status 1 when anything failed, 2 when the browser cannot be started. Screenshots of the
+slider blocks (and of each slider page's window) go to --screenshots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SKIP_PAGES = {"genindex.html", "search.html", "py-modindex.html"}
+DEFAULT_ALLOW = r"^https://cdn\.jsdelivr\.net/npm/mathjax@"
+REPR = re.compile(r"<[A-Za-z_][\w.]* object at 0x[0-9a-fA-F]+>|\b(?:VBox|HBox|Box)\(children=|"
+                  r"<IPython\.core\.display\.\w+ object>")
+TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+BLOCKED = ["http://*", "https://*", "ws://*", "wss://*"]
+
+_OVERFLOW_JS = r"""
+const strictCode = arguments[0];
+const col = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+const c = col.getBoundingClientRect();
+const out = [];
+const reported = new Set();
+function describe(el) {
+  let s = el.tagName.toLowerCase();
+  if (el.id) s += '#' + el.id;
+  if (el.className && typeof el.className === 'string') s += '.' + el.className.trim().split(/\s+/).slice(0, 2).join('.');
+  const t = (el.innerText || el.textContent || '').trim().replace(/\s+/g, ' ').slice(0, 60);
+  return s + (t ? ' "' + t + '"' : '');
+}
+function exempt(el) {
+  if (el.closest('mjx-assistive-mml, .visually-hidden, .sr-only, script, style, noscript')) return true;
+  const math = el.closest('mjx-container');
+  if (math && math !== el) return true;  // MathJax's own parts (a stretchy delimiter's clipped extender)
+  if (!strictCode && el.closest('.cell_input, .cell .input')) return true;
+  return false;
+}
+function clips(el) {
+  const ox = getComputedStyle(el).overflowX;
+  return ox !== 'visible';
+}
+for (const el of col.querySelectorAll('*')) {
+  if (exempt(el)) continue;
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.height === 0) continue;
+  const style = getComputedStyle(el);
+  if (style.visibility === 'hidden' || style.display === 'none') continue;
+  // inline-level boxes (an inline equation's span.math) are checked against the column only: a glyph
+  // clipped by a pixel or two inside the line is no overflow of the page
+  if (!style.display.startsWith('inline') && clips(el) && el.scrollWidth > el.clientWidth + 2 && r.right <= c.right + 2) {
+    out.push({kind: 'scroll', what: describe(el), scroll: el.scrollWidth, box: el.clientWidth});
+    continue;
+  }
+  if (r.right > c.right + 2 || r.left < c.left - 2) {
+    let clipped = false;
+    for (let a = el.parentElement; a && a !== col; a = a.parentElement) {
+      if (clips(a) || reported.has(a)) { clipped = true; break; }
+    }
+    if (clipped) continue;
+    reported.add(el);
+    out.push({kind: 'overflow', what: describe(el), right: Math.round(r.right), column: Math.round(c.right)});
+  }
+}
+return {column: [Math.round(c.left), Math.round(c.right)], problems: out.slice(0, 20), count: out.length};
+"""
+
+_SNAPSHOT_JS = r"""
+const root = arguments[0];
+const canv = [...root.querySelectorAll('canvas.lc-overlay, canvas.lc-raw')].map(c => c.toDataURL());
+const nums = [...root.querySelectorAll('[data-number]')].map(td => td.textContent).join('|');
+return {canvases: canv, numbers: nums, record: root.getAttribute('data-record')};
+"""
+
+
+def find_browser() -> tuple[str, str]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        raise FileNotFoundError("headless Chromium is missing: install Debian's chromium and chromium-driver "
+                                "(make browser-deps, as root) and selenium (pip install '.[browser]')")
+    return chromium, driver
+
+
+def start_browser(width: int, height: int = 900):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = find_browser()
+    profile = tempfile.mkdtemp(prefix="lie-cam-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 "--disable-extensions", "--hide-scrollbars", "--force-device-scale-factor=1",
+                 f"--window-size={width},{height}", f"--user-data-dir={profile}",
+                 "--host-resolver-rules=MAP * ~NOTFOUND", "--allow-file-access-from-files"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": BLOCKED})
+    browser.set_window_size(width, height)
+    return browser, profile
+
+
+def pages(root: Path) -> list[Path]:
+    found = []
+    for p in sorted(root.rglob("*.html")):
+        rel = p.relative_to(root)
+        if rel.parts[0].startswith("_") or p.name in SKIP_PAGES:
+            continue
+        found.append(p)
+    return found
+
+
+def _requests(browser) -> list[str]:
+    urls = []
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def _wait(browser, script: str, timeout: float = 8.0, *args) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if browser.execute_script(script, *args):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _move(browser, control, keys) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", control)
+    if control.get_attribute("type") == "range":
+        ActionChains(browser).click(control).send_keys(keys).perform()
+    else:
+        control.click()
+
+
+def check_sliders(browser, page: str, shots: Path | None, width: int) -> tuple[list[str], list[dict]]:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    problems, notes = [], []
+    blocks = browser.find_elements(By.CSS_SELECTOR, "[data-lie-cam-slider]")
+    for b, block in enumerate(blocks):
+        name = f"slider {b + 1} ({block.get_attribute('data-lie-cam-slider')})"
+        if not _wait(browser, "return arguments[0].hasAttribute('data-record')", 8.0, block):
+            problems.append(f"{name}: did not render with the network blocked")
+            continue
+        if shots is not None:
+            browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", block)
+            stem = Path(page).stem
+            block.screenshot(str(shots / f"{stem}-slider{b + 1}.png"))
+            browser.save_screenshot(str(shots / f"{stem}-slider{b + 1}-window{width}.png"))
+        both = False
+        groups: dict[str, list] = {}
+        for el in block.find_elements(By.CSS_SELECTOR, "input[data-control]"):
+            groups.setdefault(el.get_attribute("data-control"), []).append(el)
+        if not groups:
+            problems.append(f"{name}: no controls")
+        for j, els in groups.items():
+            before = browser.execute_script(_SNAPSHOT_JS, block)
+            states = []
+            if els[0].get_attribute("type") == "range":  # to one end, then to the other
+                for keys in (Keys.END, Keys.HOME):
+                    _move(browser, els[0], keys)
+                    states.append(browser.execute_script(_SNAPSHOT_JS, block))
+            else:
+                for e in els:
+                    if not e.is_selected():
+                        _move(browser, e, None)
+                        states.append(browser.execute_script(_SNAPSHOT_JS, block))
+            map_changed = any(before["canvases"] != s["canvases"] for s in states)
+            numbers_changed = any(before["numbers"] != s["numbers"] for s in states)
+            notes.append({"block": name, "control": j, "map_changed": map_changed, "numbers_changed": numbers_changed})
+            if not (map_changed or numbers_changed):
+                problems.append(f"{name}: moving control {j} changed nothing on the page")
+            both = both or (map_changed and numbers_changed)
+        if groups and not both:
+            problems.append(f"{name}: no control changes both the map and the numbers")
+    return problems, notes
+
+
+_TYPESET_JS = r"""
+const done = arguments[arguments.length - 1];
+if (!document.querySelector('script[src*="mathjax"]') || !window.MathJax) { done('no math'); return; }
+const s = document.createElement('script');
+s.src = arguments[0];
+s.onload = () => MathJax.startup.promise.then(() => done('typeset'), e => done('error: ' + e));
+s.onerror = () => done('error: the local MathJax did not load');
+document.head.appendChild(s);
+"""
+
+
+def check_page(browser, path: Path, root: Path, allow: re.Pattern, strict_code: bool, shots: Path | None,
+               width: int, mathjax: Path | None = None) -> dict:
+    browser.get_log("performance")  # drop what earlier pages left
+    browser.get(path.resolve().as_uri())
+    _wait(browser, "return document.readyState === 'complete'", 15.0)
+    typeset = None
+    if mathjax is not None:
+        browser.set_script_timeout(60)
+        typeset = browser.execute_async_script(_TYPESET_JS, (mathjax / "es5" / "tex-mml-chtml.js").resolve().as_uri())
+    _wait(browser, "return [...document.images].every(i => i.complete)", 5.0)
+    problems: list[str] = []
+    if typeset and typeset.startswith("error"):
+        problems.append(f"equations not typeset with the local MathJax: {typeset}")
+    broken = browser.execute_script(
+        "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
+        ".map(i => (i.getAttribute('src') || '').slice(0, 80) || '(no src)')")
+    problems += [f"broken image: {src}" for src in broken]
+    text = browser.execute_script("return document.body.innerText")
+    if browser.execute_script("return document.querySelector('.output.traceback, .output.error') !== null"):
+        problems.append("an error output cell in the page")
+    for pattern, what in ((TRACEBACK, "traceback"), (REPR, "raw object repr")):
+        m = pattern.search(text)
+        if m:
+            problems.append(f"{what} in the page: {m.group(0)[:80]!r}")
+    slider_problems, notes = check_sliders(browser, str(path.relative_to(root)), shots, width)
+    problems += slider_problems
+    layout = browser.execute_script(_OVERFLOW_JS, strict_code)
+    for o in layout["problems"]:
+        if o["kind"] == "scroll":
+            problems.append(f"wider than its box (needs horizontal scrolling, {o['scroll']} > {o['box']} px): {o['what']}")
+        else:
+            problems.append(f"sticks out of the text column (right edge {o['right']} > {o['column']} px): {o['what']}")
+    if layout["count"] > len(layout["problems"]):
+        problems.append(f"... and {layout['count'] - len(layout['problems'])} more layout problems")
+    external = sorted({u for u in _requests(browser) + browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+        if re.match(r"^(https?|wss?)://", u)})
+    problems += [f"needs a network request: {u}" for u in external if not allow.search(u)]
+    return {"page": str(path.relative_to(root)), "problems": problems, "sliders": notes, "math": typeset,
+            "allowed_external": [u for u in external if allow.search(u)], "column": layout["column"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("html", type=Path, help="the built HTML folder (e.g. _build/html)")
+    parser.add_argument("--width", type=int, default=1280, help="window width in px (default 1280)")
+    parser.add_argument("--screenshots", type=Path, help="write screenshots of the slider blocks here")
+    parser.add_argument("--json", type=Path, help="write the full report as JSON here")
+    parser.add_argument("--allow-external", default=DEFAULT_ALLOW,
+                        help=f"regex of network requests tolerated (default {DEFAULT_ALLOW!r})")
+    parser.add_argument("--mathjax", type=Path, help="typeset equations with this local mathjax@3 package folder")
+    parser.add_argument("--strict-code", action="store_true", help="also fail on code input cells that need scrolling")
+    args = parser.parse_args(argv)
+    if not args.html.is_dir():
+        print(f"check_book: {args.html} is not a folder (expected the built HTML, e.g. _build/html)", file=sys.stderr)
+        return 2
+    found = pages(args.html)
+    if not found:
+        print(f"check_book: no HTML pages under {args.html}", file=sys.stderr)
+        return 2
+    if args.mathjax is not None and not (args.mathjax / "es5" / "tex-mml-chtml.js").is_file():
+        print(f"check_book: {args.mathjax} has no es5/tex-mml-chtml.js (expected npm's mathjax@3 package)", file=sys.stderr)
+        return 2
+    if args.screenshots:
+        args.screenshots.mkdir(parents=True, exist_ok=True)
+    try:
+        browser, profile = start_browser(args.width)
+    except Exception as error:  # the browser or selenium is missing, or Chromium did not start
+        print(f"check_book: cannot start headless Chromium: {error}", file=sys.stderr)
+        return 2
+    allow = re.compile(args.allow_external)
+    reports = []
+    try:
+        for path in found:
+            reports.append(check_page(browser, path, args.html, allow, args.strict_code, args.screenshots, args.width,
+                                      args.mathjax))
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    failed = [r for r in reports if r["problems"]]
+    sliders = sum(len({n["block"] for n in r["sliders"]}) for r in reports)
+    for r in reports:
+        status = "FAIL" if r["problems"] else "ok"
+        print(f"{status:4s} {r['page']}" + (f"  ({len({n['block'] for n in r['sliders']})} sliders)" if r["sliders"] else ""))
+        for p in r["problems"]:
+            print(f"     - {p}")
+    allowed = sorted({u for r in reports for u in r["allowed_external"]})
+    if allowed:
+        print(f"tolerated network requests (--allow-external): {', '.join(allowed)}")
+    print(f"{len(reports)} pages, {sliders} kernel-free sliders checked: {len(failed)} pages with problems")
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
