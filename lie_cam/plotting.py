@@ -145,7 +145,7 @@ def _columns(n: int, ncols: int | None) -> int:
     return math.ceil(n / rows)
 
 
-def _colorbar(fig: Figure, axes: Sequence[Axes], label: str = "Grad-CAM / its maximum") -> None:
+def _colorbar(fig: Figure, axes: Sequence[Axes], label: str = "Grad-CAM / max") -> None:
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
