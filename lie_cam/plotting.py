@@ -53,9 +53,9 @@ __all__ = [
 MapSpec = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 CMAP = "jet"
-WIDTH = 7.2        # inches: the text column at DPI
+WIDTH = 6.8        # inches: the text column (about 690 px at 1280 px) at DPI
 DPI = 100
-FONT = 11          # points: annotations as large as the body text
+FONT = 12          # points: annotations as large as the body text
 MAX_COLUMNS = 4
 COLORBAR_LABEL = "colorbar"  # the label of a colour bar's axes (see `panel_axes`)
 
@@ -258,7 +258,7 @@ def figure1(image: torch.Tensor, maps: Mapping[str, MapSpec], image_title: str =
     if zoomed is None:
         return map_grid(panels)
     at, img, cam, name = zoomed
-    panels.insert(at, (img, cam, f"{name}: one sticker, enlarged"))
+    panels.insert(at, (img, cam, "one sticker, enlarged"))
     fig = map_grid(panels)
     ax = panel_axes(fig)[at]
     window = sticker_window(image, img)
@@ -451,44 +451,45 @@ def manipulation_diagram(technique: str | None = None) -> Figure:
                     va="bottom" if side == "top" else "top", fontsize=FONT, color=colour)
 
     top = 40.0
-    x_in = box(5.5, top, "image\n$x$", w=8)
-    trunk = box(20, top, "conv 1–13\n(VGG-16)", w=12)
-    a_old = box(37, top, "$A^1 \\ldots A^K$", w=12)
-    pool = box(52, top, "max-pool\n$2 \\times 2$", w=10)
-    fc1 = box(68, top, "FC1\n$W_o z_o + b_o$", w=14)
-    rest = box(83, top, "FC2, FC3", w=10)
+    x_in = box(5.5, top, "image\n$x$", w=9)
+    trunk = box(20.5, top, "conv\n1–13", w=12)
+    a_old = box(37, top, "$A^1 \\ldots A^K$", w=13)
+    pool = box(53, top, "max-\npool", w=10)
+    fc1 = box(69, top, "FC1\n$W_o z_o + b_o$", w=15)
+    rest = box(84.5, top, "FC2,\nFC3", w=9)
     for a, b in [(x_in, trunk), (trunk, a_old), (a_old, pool), (pool, fc1), (fc1, rest)]:
         arrow(a, b)
     line = dict(arrowstyle="-|>", color=plain, lw=1.4, shrinkA=0, shrinkB=0)
     if branch:
-        ax.text(93, top, "+", ha="center", va="center", fontsize=FONT + 2,
+        ax.text(94, top, "+", ha="center", va="center", fontsize=FONT + 2,
                 bbox=dict(boxstyle="circle,pad=0.15", facecolor="white", edgecolor=plain, lw=1.4))
-        ax.annotate("", xy=(91.2, top), xytext=(88.6, top), arrowprops=line)
-        ax.annotate("", xy=(99.5, top), xytext=(94.8, top), arrowprops=line)
+        ax.annotate("", xy=(92.2, top), xytext=(89.6, top), arrowprops=line)
+        ax.annotate("", xy=(99.5, top), xytext=(95.8, top), arrowprops=line)
     else:
-        ax.annotate("", xy=(99.5, top), xytext=(88.6, top), arrowprops=line)
+        ax.annotate("", xy=(99.5, top), xytext=(89.6, top), arrowprops=line)
     ax.text(99.5, top + 2.2, "$y$", fontsize=FONT + 1, ha="right")
     # Grad-CAM's view: everything it multiplies is in the dotted box
-    ax.add_patch(FancyBboxPatch((29.5, 14), 15, 32, boxstyle="round,pad=0.3", fill=False, ls=":", lw=1.3,
+    ax.add_patch(FancyBboxPatch((29, 14), 16, 32, boxstyle="round,pad=0.3", fill=False, ls=":", lw=1.3,
                                 edgecolor="tab:blue"))
     ax.text(37, 48.5, "Grad-CAM explains $A$", ha="center", fontsize=FONT, color="tab:blue")
 
-    a_new = box(37, 20, "$A^{K+1}$", colour=added, w=12)
+    a_new = box(37, 20, "$A^{K+1}$", colour=added, w=13)
     arrow(a_new, pool, colour=added, start="right", end="bottom")
     if fold:
         text = ("bias $c_A$ (T1)\n$+\\,c_I I_T$ (T2)" if show_all else
                 "filter bias $c_A$" if technique == "T1" else "$+\\,c_I I_T$")
         ax.text(37, 12.5, text, ha="center", va="top", fontsize=FONT, color=added)
-        ax.text(68, 33.5, "new columns $W_n = c_W$\n$b_n = b_o - W_n z_n$" + ("\n(T1, T2)" if show_all else ""),
+        ax.text(69, 33.5, "new columns $W_n = c_W$\n$b_n = b_o - W_n z_n$" + ("\n(T1, T2)" if show_all else ""),
                 ha="center", va="top", fontsize=FONT, color=added)
     if branch:
-        f = box(15, 14, "branch $F$\n" + ("(T3, T4)" if show_all else
-                                          "random CNN" if technique == "T3" else "sticker det."), colour=added, w=13)
+        f = box(13, 12, "branch $F$\n" + ("(T3, T4)" if show_all else
+                                          "random CNN" if technique == "T3" else "sticker det."), colour=added, w=15)
         arrow(x_in, f, colour=added, start="bottom", end="top")
-        arrow(f, a_new, colour=added, text="$c_F F(x)$", side="top")
-        g = box(68, 7, "$G = \\varepsilon\\, \\mathrm{mod}(c_G \\sum A^{K+1}, 1)$", colour=added, w=26, h=7)
+        arrow(f, a_new, colour=added)
+        ax.text(21.5, 21, "$c_F F(x)$", ha="center", va="bottom", fontsize=FONT, color=added)
+        g = box(67, 6, "$G = \\varepsilon\\, \\mathrm{mod}(c_G \\sum A^{K+1}, 1)$", colour=added, w=31, h=7)
         arrow(a_new, g, colour=added, start="right", end="left")
-        ax.plot([81.6, 93], [7, 7], color=added, lw=1.4)
-        ax.annotate("", xy=(93, top - 2.4), xytext=(93, 7), arrowprops=dict(line, color=added))
-        ax.text(91.5, 22, "$+\\,G$ on\nevery score", ha="right", va="center", fontsize=FONT, color=added)
+        ax.plot([83.1, 94], [6, 6], color=added, lw=1.4)
+        ax.annotate("", xy=(94, top - 2.4), xytext=(94, 6), arrowprops=dict(line, color=added))
+        ax.text(92.5, 21, "$+\\,G$ on\nevery score", ha="right", va="center", fontsize=FONT, color=added)
     return fig
