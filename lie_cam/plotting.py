@@ -40,6 +40,7 @@ __all__ = [
     "line_figure",
     "histogram_figure",
     "markdown_table",
+    "ours_and_paper_table",
     "raw_map",
     "panel_axes",
     "sticker_window",
@@ -493,3 +494,22 @@ def manipulation_diagram(technique: str | None = None) -> Figure:
         ax.annotate("", xy=(94, top - 2.4), xytext=(94, 6), arrowprops=dict(line, color=added))
         ax.text(92.5, 21, "$+\\,G$ on\nevery score", ha="right", va="center", fontsize=FONT, color=added)
     return fig
+
+
+def ours_and_paper_table(rows: Sequence[Mapping[str, object]], keys: Sequence[str],
+                         metrics: Mapping[str, str], floatfmt: str = ".5f") -> str:
+    """A Markdown table narrow enough for the text column: the `keys` columns as they are, then
+    one column per metric {row key: header} holding "ours / paper" (row[key] and row["paper_" + key];
+    None as a dash), and "pointing" when the rows have it."""
+    def cell(v: object) -> str:
+        return "–" if v is None else format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    out = []
+    for r in rows:
+        row: dict[str, object] = {k: r[k] for k in keys}
+        for key, header in metrics.items():
+            row[f"{header}<br>ours / paper"] = f"{cell(r.get(key))} / {cell(r.get('paper_' + key))}"
+        if any("pointing" in x for x in rows):
+            row["pointing"] = cell(r.get("pointing"))
+        out.append(row)
+    return markdown_table(out)

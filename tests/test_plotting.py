@@ -197,3 +197,14 @@ def test_png_and_show(monkeypatch):
     monkeypatch.setattr(myst_nb, "glue", lambda name, obj, display=True: glued.append((name, display)))
     plotting.show(fig, "fig-name")
     assert glued == [("fig-name", True)] and len(shown) == 1
+
+
+def test_ours_and_paper_table():
+    rows = [{"network": "T1", "accuracy": 0.5, "paper_accuracy": 0.71594, "l1": None, "paper_l1": 0.00513},
+            {"network": "T2", "accuracy": 0.25, "paper_accuracy": 0.71594, "l1": 0.125, "paper_l1": 0.01079,
+             "pointing": 0.5}]
+    text = plotting.ours_and_paper_table(rows, ["network"], {"accuracy": "accuracy", "l1": "L1"})
+    lines = text.splitlines()
+    assert lines[0] == "| network | accuracy<br>ours / paper | L1<br>ours / paper | pointing |"
+    assert lines[2] == "| T1 | 0.50000 / 0.71594 | – / 0.00513 | – |"
+    assert lines[3] == "| T2 | 0.25000 / 0.71594 | 0.12500 / 0.01079 | 0.50000 |"
