@@ -138,3 +138,14 @@ def test_landing_page_has_a_teaser_figure():
     for image in images:
         png = (ROOT / "book" / image)
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+
+
+def test_teaser_script_draws_honest_and_lies():
+    import make_teaser  # tools/make_teaser.py
+    from lie_cam.plotting import panel_axes
+
+    fig = make_teaser.teaser()
+    titles = [ax.get_title() for ax in panel_axes(fig)]
+    assert titles == ["image", "honest Grad-CAM", "T2: a smiley", "T4: the stickers"]
+    notes = [ax.get_xlabel() for ax in panel_axes(fig)]
+    assert len(set(n.split()[-1] for n in notes)) == 1  # one class, predicted by all three networks
