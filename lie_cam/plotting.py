@@ -7,12 +7,17 @@ max-normalised and bilinearly upsampled to the image only for display.
 
 `show(fig, name)` displays a figure as a PNG in a notebook and, where myst_nb is
 installed (the book build), also glues it under `name` for a captioned `{glue:figure}`.
+
+Sizes are chosen for the book's text column: a figure is at most `WIDTH` inches wide, rendered at
+`DPI` (so it is shown at its natural size, not shrunk), with at most `MAX_COLUMNS` panels a row and
+every annotation at `FONT` points, the size of the body text.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import textwrap
 from typing import Mapping, Sequence, Union
 
 import torch
@@ -35,12 +40,25 @@ __all__ = [
     "line_figure",
     "histogram_figure",
     "markdown_table",
+    "ours_and_paper_table",
+    "raw_map",
+    "panel_axes",
+    "sticker_window",
+    "manipulation_diagram",
+    "WIDTH",
+    "FONT",
+    "MAX_COLUMNS",
 ]
 
 # A map to draw over the panel's default image, or an (image, map) pair that brings its own image.
 MapSpec = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 CMAP = "jet"
+WIDTH = 6.8        # inches: the text column (about 690 px at 1280 px) at DPI
+DPI = 100
+FONT = 12          # points: annotations as large as the body text
+MAX_COLUMNS = 4
+COLORBAR_LABEL = "colorbar"  # the label of a colour bar's axes (see `panel_axes`)
 
 
 def _single(t: torch.Tensor, dims: int, what: str) -> torch.Tensor:
@@ -87,8 +105,56 @@ def overlay(
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=FONT)
     return ax
+
+
+def raw_map(ax: Axes, cam: torch.Tensor, title: str | None = None, cmap: str = CMAP) -> Axes:
+    """Draw the map itself, max-normalised, at its own resolution (one square per pixel of A,
+    no upsampling, no image): what Grad-CAM returns before any display processing."""
+    cam = _single(cam, 2, "map").double()
+    ax.imshow(normalize_maps(cam[None])[0].float().numpy(), cmap=cmap, vmin=0.0, vmax=1.0,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=FONT)
+    return ax
+
+
+def panel_axes(fig: Figure) -> list[Axes]:
+    """The figure's panels: its axes without the colour bar."""
+    return [ax for ax in fig.axes if ax.get_label() != COLORBAR_LABEL]
+
+
+def _wrap(text: str | None, width_in: float) -> str | None:
+    """Wrap `text` to the width of a panel `width_in` inches wide at FONT points."""
+    if not text:
+        return text
+    chars = max(8, int(width_in * 72 / (FONT * 0.55)))
+    return "\n".join(textwrap.wrap(text, chars, break_on_hyphens=False)) or text
+
+
+def _columns(n: int, ncols: int | None) -> int:
+    """At most MAX_COLUMNS panels a row; rows as even as possible (6 panels: 2 x 3)."""
+    if ncols is not None:
+        ncols = int(ncols)
+        if ncols < 1 or ncols > MAX_COLUMNS:
+            raise ValueError(f"ncols must be between 1 and {MAX_COLUMNS} (the text column's width), got {ncols}")
+        return min(ncols, n)
+    rows = math.ceil(n / MAX_COLUMNS)
+    return math.ceil(n / rows)
+
+
+def _colorbar(fig: Figure, axes: Sequence[Axes], label: str = "Grad-CAM / max") -> None:
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), CMAP), ax=list(axes), shrink=0.85,
+                       fraction=0.04, pad=0.02, aspect=25)
+    bar.ax.set_label(COLORBAR_LABEL)
+    bar.set_label(label, fontsize=FONT)
+    bar.ax.tick_params(labelsize=FONT - 1)
 
 
 def _unpack(spec: MapSpec, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,41 +166,105 @@ def _unpack(spec: MapSpec, image: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def map_grid(
-    panels: Sequence[tuple[torch.Tensor, torch.Tensor | None, str]],
+    panels: Sequence[tuple[torch.Tensor | None, torch.Tensor | None, str]],
     ncols: int | None = None,
-    panel_size: float = 2.2,
+    panel_size: float | None = None,
     notes: Sequence[str | None] | None = None,
     suptitle: str | None = None,
+    colorbar: bool = True,
 ) -> Figure:
-    """A grid of overlays, one per (image, map or None, title) panel, with an optional note
-    under each panel. Unused cells of the last row are left out of the figure."""
+    """A grid of panels, one per (image, map, title): the map over the image (`overlay`), the
+    image alone when the map is None, or the raw map (`raw_map`) when the image is None; an
+    optional note under each panel and a colour bar for the maps. At most MAX_COLUMNS panels a
+    row (by default rows as even as possible), titles and notes wrapped to the panel's width."""
     if not panels:
         raise ValueError("nothing to draw: no panels")
-    ncols = len(panels) if ncols is None else max(1, min(int(ncols), len(panels)))
+    ncols = _columns(len(panels), ncols)
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(panel_size * ncols, (panel_size + (0.35 if notes else 0.1)) * nrows + (0.4 if suptitle else 0)),
-                 layout="constrained")
+    has_map = any(cam is not None for _, cam, _ in panels)
+    side = panel_size or min(2.6, (WIDTH - (0.8 if colorbar and has_map else 0.0)) / ncols)
+    lines = [1 + (_wrap(t, side) or "").count("\n") for _, _, t in panels]
+    note_lines = [1 + (_wrap(n, side) or "").count("\n") for n in notes or [] if n]
+    text_h = FONT / 72 * 1.25 * (max(lines) + (max(note_lines) if note_lines else 0))
+    fig = Figure(figsize=(side * ncols + (0.8 if colorbar and has_map else 0.0),
+                          (side + text_h + 0.1) * nrows + (0.4 if suptitle else 0)), layout="constrained")
+    axes = []
     for i, (image, cam, title) in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        overlay(ax, image, cam, title)
+        if image is None:
+            if cam is None:
+                raise ValueError(f"panel {i}: neither an image nor a map")
+            raw_map(ax, cam, _wrap(title, side))
+        else:
+            overlay(ax, image, cam, _wrap(title, side))
         if notes is not None and i < len(notes) and notes[i]:
-            ax.set_xlabel(notes[i], fontsize=8)
+            ax.set_xlabel(_wrap(notes[i], side), fontsize=FONT)
+        axes.append(ax)
+    if colorbar and has_map:
+        _colorbar(fig, axes)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+        fig.suptitle(suptitle, fontsize=FONT + 1)
     return fig
 
 
-def figure1(image: torch.Tensor, maps: Mapping[str, MapSpec], image_title: str = "image") -> Figure:
+def sticker_window(clean: torch.Tensor, stickered: torch.Tensor, size: int = 40,
+                   tolerance: float = 1e-3) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a `size` x `size` window centred on the first pasted sticker:
+    the first group of pixels where `stickered` differs from `clean` (both 3 x H x W) by more than
+    `tolerance` (pasting through a de-normalise / normalise round trip moves the other pixels a little)."""
+    clean, stickered = _single(clean, 3, "clean image"), _single(stickered, 3, "stickered image")
+    if clean.shape != stickered.shape:
+        raise ValueError(f"images of different shapes: {tuple(clean.shape)} and {tuple(stickered.shape)}")
+    changed = ((clean - stickered).abs() > tolerance).any(dim=0)
+    if not changed.any():
+        raise ValueError("the two images are identical: no sticker to zoom on")
+    rows, cols = changed.nonzero(as_tuple=True)
+    r0 = int(rows.min())
+    near = (rows - r0 < size // 2) & ((cols - cols[0]).abs() < size // 2)
+    cr, cc = int(rows[near].float().mean().round()), int(cols[near].float().mean().round())
+    h, w = changed.shape
+    top = min(max(cr - size // 2, 0), max(h - size, 0))
+    left = min(max(cc - size // 2, 0), max(w - size, 0))
+    return top, left, min(size, h), min(size, w)
+
+
+def _zoom(ax: Axes, image: torch.Tensor, cam: torch.Tensor | None, window: tuple[int, int, int, int],
+          title: str) -> Axes:
+    """`overlay` of the window (top, left, height, width) of the image (and map), enlarged."""
+    top, left, height, width = window
+    overlay(ax, image, cam, title)
+    ax.set_xlim(left - 0.5, left + width - 0.5)
+    ax.set_ylim(top + height - 0.5, top - 0.5)
+    return ax
+
+
+def figure1(image: torch.Tensor, maps: Mapping[str, MapSpec], image_title: str = "image",
+            zoom: bool = True) -> Figure:
     """The paper's Figure 1: the image, then one overlay per entry of `maps`
     (e.g. {"Grad-CAM (original)": ..., "T1": ..., "T2": ..., "T3": ..., "T4": ...}).
 
     A value is an h x w map drawn over `image`, or an (image, map) pair drawn over its own
-    image (T4 is usually shown on a stickered copy). 1 + len(maps) axes in one row."""
-    panels: list[tuple[torch.Tensor, torch.Tensor | None, str]] = [(image, None, image_title)]
+    image (T4 shown on a stickered copy, where it is triggered). For the first such pair, with
+    `zoom`, the stickered image and an enlarged window on one sticker with the map are added
+    after it. At most MAX_COLUMNS panels a row, and a colour bar."""
+    panels: list[tuple[torch.Tensor | None, torch.Tensor | None, str]] = [(image, None, image_title)]
+    zoomed = None
     for name, spec in maps.items():
         img, cam = _unpack(spec, image)
+        if zoom and zoomed is None and img is not image and not torch.equal(torch.as_tensor(img).cpu(),
+                                                                           torch.as_tensor(image).cpu()):
+            panels.append((img, None, "image with stickers"))
+            zoomed = (len(panels) + 1, img, cam, name)
         panels.append((img, cam, name))
-    return map_grid(panels)
+    if zoomed is None:
+        return map_grid(panels)
+    at, img, cam, name = zoomed
+    panels.insert(at, (img, cam, "one sticker, enlarged"))
+    fig = map_grid(panels)
+    ax = panel_axes(fig)[at]
+    window = sticker_window(image, img)
+    _zoom(ax, img, cam, window, ax.get_title())
+    return fig
 
 
 def figure3(
@@ -147,13 +277,18 @@ def figure3(
     (e.g. {"original": ..., "T4": ...}), bottom row the stickered image and its explanations.
     2 x (1 + max(len(maps_clean), len(maps_sticker))) axes, unused cells left empty."""
     ncols = 1 + max(len(maps_clean), len(maps_sticker))
-    fig = Figure(figsize=(2.4 * ncols, 5.0), layout="constrained")
+    if ncols > MAX_COLUMNS:
+        raise ValueError(f"at most {MAX_COLUMNS - 1} maps a row, got {ncols - 1}")
+    side = min(2.4, (WIDTH - 0.8) / ncols)
+    fig = Figure(figsize=(side * ncols + 0.8, 2 * (side + 0.45)), layout="constrained")
+    axes = []
     for row, (image, maps, label) in enumerate(
         [(clean_image, maps_clean, "clean"), (stickered_image, maps_sticker, "with stickers")]
     ):
-        overlay(fig.add_subplot(2, ncols, row * ncols + 1), image, None, f"image ({label})")
+        axes.append(overlay(fig.add_subplot(2, ncols, row * ncols + 1), image, None, f"image ({label})"))
         for j, (name, cam) in enumerate(maps.items()):
-            overlay(fig.add_subplot(2, ncols, row * ncols + 2 + j), image, cam, f"{name} ({label})")
+            axes.append(overlay(fig.add_subplot(2, ncols, row * ncols + 2 + j), image, cam, f"{name} ({label})"))
+    _colorbar(fig, axes)
     return fig
 
 
@@ -163,6 +298,7 @@ def sweep_grid(
     notes: Mapping[str, str] | None = None,
     ncols: int | None = None,
     suptitle: str | None = None,
+    colorbar: bool = False,
 ) -> Figure:
     """A static stand-in for a slider: one overlay of `image` per swept value.
 
@@ -171,7 +307,7 @@ def sweep_grid(
     titles = list(maps)
     panels = [(image, maps[t], t) for t in titles]
     below = [notes.get(t) if notes else None for t in titles]
-    return map_grid(panels, ncols=ncols, notes=below if notes else None, suptitle=suptitle)
+    return map_grid(panels, ncols=ncols, notes=below if notes else None, suptitle=suptitle, colorbar=colorbar)
 
 
 def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
@@ -222,12 +358,13 @@ def line_figure(
         ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel, fontsize=FONT)
+    ax.set_ylabel(ylabel, fontsize=FONT)
+    ax.tick_params(labelsize=FONT - 1)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=FONT - 1)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=FONT)
     return fig
 
 
@@ -244,11 +381,12 @@ def histogram_figure(values: torch.Tensor | Sequence[float], xlabel: str, title:
     ax.hist(v[v < 0].numpy(), bins=edges, color="tab:red", label=f"negative ({int((v < 0).sum())})")
     ax.hist(v[v >= 0].numpy(), bins=edges, color="tab:blue", label=f"non-negative ({int((v >= 0).sum())})")
     ax.axvline(0.0, color="k", lw=0.8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("images")
-    ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=FONT)
+    ax.set_ylabel("images", fontsize=FONT)
+    ax.tick_params(labelsize=FONT - 1)
+    ax.legend(fontsize=FONT - 1)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=FONT)
     return fig
 
 
@@ -270,3 +408,108 @@ def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] 
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(["---"] * len(columns)) + "|"]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def manipulation_diagram(technique: str | None = None) -> Figure:
+    """The manipulated network (the paper's Figure 2) as a block diagram: VGG-16's path
+    image -> conv layers -> A^1..A^K -> pooling -> FC1 -> FC2, FC3 -> y, and in red what the
+    techniques add: the channel A^{K+1} (a constant filter, a fixed image, or a branch F on the
+    input), the FC1 columns W_n with the folded bias b_n, and the score branch G added to every
+    score. technique: "T1".."T4" draws only that technique's parts; None draws all of them."""
+    from matplotlib.patches import FancyBboxPatch
+
+    if technique is not None and technique not in ("T1", "T2", "T3", "T4"):
+        raise ValueError(f"technique must be 'T1', 'T2', 'T3', 'T4' or None, got {technique!r}")
+    show_all = technique is None
+    branch = show_all or technique in ("T3", "T4")
+    fold = show_all or technique in ("T1", "T2")
+    added, plain = "tab:red", "0.25"
+    fig = Figure(figsize=(WIDTH, 3.9), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 54)
+    ax.axis("off")
+
+    def box(x: float, y: float, text: str, colour: str = plain, w: float = 12.0, h: float = 9.0) -> tuple:
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.4,rounding_size=1.2",
+                                    facecolor="white" if colour == plain else "#fde8e8", edgecolor=colour, lw=1.4))
+        ax.text(x, y, text, ha="center", va="center", fontsize=FONT, color="black")
+        return x, y, w, h
+
+    def arrow(a: tuple, b: tuple, colour: str = plain, text: str | None = None, side: str = "top",
+              start: str = "right", end: str = "left", dy: float = 0.0) -> None:
+        def anchor(bx: tuple, where: str) -> tuple[float, float]:
+            x, y, w, h = bx
+            return {"right": (x + w / 2 + 0.6, y), "left": (x - w / 2 - 0.6, y),
+                    "top": (x, y + h / 2 + 0.6), "bottom": (x, y - h / 2 - 0.6)}[where]
+
+        p, q = anchor(a, start), anchor(b, end)
+        ax.annotate("", xy=q, xytext=p, arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.4,
+                                                          shrinkA=0, shrinkB=0))
+        if text:
+            mx, my = (p[0] + q[0]) / 2, (p[1] + q[1]) / 2 + dy
+            ax.text(mx, my + (1.6 if side == "top" else -1.6), text, ha="center",
+                    va="bottom" if side == "top" else "top", fontsize=FONT, color=colour)
+
+    top = 40.0
+    x_in = box(5.5, top, "image\n$x$", w=9)
+    trunk = box(20.5, top, "conv\n1–13", w=12)
+    a_old = box(37, top, "$A^1 \\ldots A^K$", w=13)
+    pool = box(53, top, "max-\npool", w=10)
+    fc1 = box(69, top, "FC1\n$W_o z_o + b_o$", w=15)
+    rest = box(84.5, top, "FC2,\nFC3", w=9)
+    for a, b in [(x_in, trunk), (trunk, a_old), (a_old, pool), (pool, fc1), (fc1, rest)]:
+        arrow(a, b)
+    line = dict(arrowstyle="-|>", color=plain, lw=1.4, shrinkA=0, shrinkB=0)
+    if branch:
+        ax.text(94, top, "+", ha="center", va="center", fontsize=FONT + 2,
+                bbox=dict(boxstyle="circle,pad=0.15", facecolor="white", edgecolor=plain, lw=1.4))
+        ax.annotate("", xy=(92.2, top), xytext=(89.6, top), arrowprops=line)
+        ax.annotate("", xy=(99.5, top), xytext=(95.8, top), arrowprops=line)
+    else:
+        ax.annotate("", xy=(99.5, top), xytext=(89.6, top), arrowprops=line)
+    ax.text(99.5, top + 2.2, "$y$", fontsize=FONT + 1, ha="right")
+    # Grad-CAM's view: everything it multiplies is in the dotted box
+    ax.add_patch(FancyBboxPatch((29, 14), 16, 32, boxstyle="round,pad=0.3", fill=False, ls=":", lw=1.3,
+                                edgecolor="tab:blue"))
+    ax.text(37, 48.5, "Grad-CAM explains $A$", ha="center", fontsize=FONT, color="tab:blue")
+
+    a_new = box(37, 20, "$A^{K+1}$", colour=added, w=13)
+    arrow(a_new, pool, colour=added, start="right", end="bottom")
+    if fold:
+        text = ("bias $c_A$ (T1)\n$+\\,c_I I_T$ (T2)" if show_all else
+                "filter bias $c_A$" if technique == "T1" else "$+\\,c_I I_T$")
+        ax.text(37, 12.5, text, ha="center", va="top", fontsize=FONT, color=added)
+        ax.text(69, 33.5, "new columns $W_n = c_W$\n$b_n = b_o - W_n z_n$" + ("\n(T1, T2)" if show_all else ""),
+                ha="center", va="top", fontsize=FONT, color=added)
+    if branch:
+        f = box(13, 12, "branch $F$\n" + ("(T3, T4)" if show_all else
+                                          "random CNN" if technique == "T3" else "sticker det."), colour=added, w=15)
+        arrow(x_in, f, colour=added, start="bottom", end="top")
+        arrow(f, a_new, colour=added)
+        ax.text(21.5, 21, "$c_F F(x)$", ha="center", va="bottom", fontsize=FONT, color=added)
+        g = box(67, 6, "$G = \\varepsilon\\, \\mathrm{mod}(c_G \\sum A^{K+1}, 1)$", colour=added, w=31, h=7)
+        arrow(a_new, g, colour=added, start="right", end="left")
+        ax.plot([83.1, 94], [6, 6], color=added, lw=1.4)
+        ax.annotate("", xy=(94, top - 2.4), xytext=(94, 6), arrowprops=dict(line, color=added))
+        ax.text(92.5, 21, "$+\\,G$ on\nevery score", ha="right", va="center", fontsize=FONT, color=added)
+    return fig
+
+
+def ours_and_paper_table(rows: Sequence[Mapping[str, object]], keys: Sequence[str],
+                         metrics: Mapping[str, str], floatfmt: str = ".5f") -> str:
+    """A Markdown table narrow enough for the text column: the `keys` columns as they are, then
+    one column per metric {row key: header} holding "ours / paper" (row[key] and row["paper_" + key];
+    None as a dash), and "pointing" when the rows have it."""
+    def cell(v: object) -> str:
+        return "–" if v is None else format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    out = []
+    for r in rows:
+        row: dict[str, object] = {k: r[k] for k in keys}
+        for key, header in metrics.items():
+            row[f"{header}<br>ours / paper"] = f"{cell(r.get(key))} / {cell(r.get('paper_' + key))}"
+        if any("pointing" in x for x in rows):
+            row["pointing"] = cell(r.get("pointing"))
+        out.append(row)
+    return markdown_table(out)
