@@ -56,6 +56,8 @@ __all__ = [
     "mean_l1",
     "verdict",
     "run_matrix",
+    "explain",
+    "channel_weights",
     "matrix_markdown",
     "verdict_figure",
     "run_explainers",
@@ -354,22 +356,55 @@ class _Maps:
     error: str | None = None
 
 
+def explain(e: Explainer, model: nn.Module, x: torch.Tensor, classes: torch.Tensor, where: str = "explained",
+            chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(default, raw) maps (B x H x W, float64) of explainer e on a fresh copy of the model hooked at
+    `where`, in chunks of `chunk` images. A copy, because a method that crashes half-way can leave its
+    hooks or a swapped-in module behind (pytorch-grad-cam's AblationCAM does)."""
+    defaults, raws = [], []
+    model = copy.deepcopy(model)
+    layer = hook_layer(model, where)
+    for i in range(0, x.shape[0], chunk):
+        d, r = e.run(model, layer, x[i:i + chunk], classes[i:i + chunk])
+        defaults.append(torch.as_tensor(d).detach().cpu().to(torch.float64))
+        raws.append(torch.as_tensor(r).detach().cpu().to(torch.float64))
+    return torch.cat(defaults), torch.cat(raws)
+
+
+def channel_weights(method: str, model: nn.Module, x: torch.Tensor, classes: torch.Tensor,
+                    where: str = "explained") -> torch.Tensor:
+    """The channel weights w_k (B x K') that pytorch-grad-cam's `method` computes, recorded from its
+    own `get_cam_weights` during an ordinary call (on a copy of the model)."""
+    import numpy as np
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = copy.deepcopy(model)
+    cam = getattr(pytorch_grad_cam, method)(model=model, target_layers=[hook_layer(model, where)])
+    recorded: list = []
+    compute = cam.get_cam_weights
+
+    def record(*args, **kw):
+        w = compute(*args, **kw)
+        recorded.append(np.array(w, dtype=np.float64))
+        return w
+
+    cam.get_cam_weights = record
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+    finally:
+        cam.activations_and_grads.release()
+    return torch.from_numpy(recorded[0])
+
+
 def _call(e: Explainer, model: nn.Module, where: str, x: torch.Tensor, classes: torch.Tensor,
           chunk: int) -> _Maps:
-    """Run e on a fresh copy of the model: a method that crashes half-way can leave its hooks or a
-    swapped-in module behind (pytorch-grad-cam's AblationCAM does), which must not reach the next."""
-    defaults, raws = [], []
     try:
-        model = copy.deepcopy(model)
-        layer = hook_layer(model, where)
-        for i in range(0, x.shape[0], chunk):
-            d, r = e.run(model, layer, x[i:i + chunk], classes[i:i + chunk])
-            defaults.append(torch.as_tensor(d).detach().cpu().to(torch.float64))
-            raws.append(torch.as_tensor(r).detach().cpu().to(torch.float64))
+        return _Maps(*explain(e, model, x, classes, where, chunk))
     except Exception as error:  # a crash is a result: the row says `error` and why
         message = " ".join(str(error).split()) or repr(error)
         return _Maps(error=f"{type(error).__name__}: {message[:300]}")
-    return _Maps(torch.cat(defaults), torch.cat(raws))
 
 
 def _frozen_trunk(net: nn.Module) -> nn.Module:
