@@ -14,7 +14,7 @@ E~ = E / max E (an all-zero map stays zero):
 averaged over images, and the pointing game on the object mask (on the stickers for T4-sticker).
 Verdicts, the same thresholds for every cell (tau = `TAU` = 0.1 per pixel, 19.6 of 196):
 
-    fooled   mean l1_to_target <= tau * N_A  and  mean l1_to_target <= mean l1_to_honest
+    fooled   mean l1_to_target <= tau * N_A  and  mean l1_to_target <= mean l1_to_honest (+ 1e-6 N_A, a tie)
     immune   otherwise, if mean l1_to_honest <= tau * N_A
     partial  neither
     error    the method raised (`Matrix.errors` keeps the message)
@@ -62,10 +62,12 @@ __all__ = [
     "verdict_figure",
     "run_explainers",
     "load_matrix",
+    "write_matrix",
     "Matrix",
 ]
 
 TAU = 0.1  # mean absolute per-pixel deviation below which two max-normalised maps count as the same
+TIE = 1e-6  # per pixel: distances closer than this are equal (float32 rounding of one map)
 VERDICTS = ("fooled", "partial", "immune", "error")
 ATTACKS = ("T1", "T2", "T3", "T4-clean", "T4-sticker", "T1-adapted", "T4-adapted-sticker")
 LAYERS = ("explained", "last_relu")
@@ -97,7 +99,8 @@ def mean_l1(a: torch.Tensor, b: torch.Tensor) -> float:
 def verdict(l1_to_target: float, l1_to_honest: float, pixels: int, tau: float = TAU) -> str:
     """`fooled`, `immune` or `partial` from the mean L1 distances (module docstring)."""
     limit = tau * pixels
-    if l1_to_target <= limit and l1_to_target <= l1_to_honest:
+    # a float32 rounding of the same map is a tie, not a preference (T4-clean: target = honest map)
+    if l1_to_target <= limit and l1_to_target <= l1_to_honest + TIE * pixels:
         return "fooled"
     if l1_to_honest <= limit:
         return "immune"
@@ -637,6 +640,14 @@ def run_explainers(out: str | os.PathLike, limit: int = 32, profile: str = "embe
                         progress=say)
     matrix.settings.update(profile=profile, seconds=time.perf_counter() - start, versions=_versions(),
                            device=str(ch.device), threads=torch.get_num_threads())
+    write_matrix(matrix, out)
+    return matrix
+
+
+def write_matrix(matrix: Matrix, out: str | os.PathLike) -> None:
+    """out/matrix.json (the rows), out/run.json (settings and error messages), out/matrix.md and
+    out/verdicts.png."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "matrix.json").write_text(json.dumps(matrix.rows, indent=1, allow_nan=False))
     (out / "run.json").write_text(json.dumps({"settings": matrix.settings, "errors": matrix.errors}, indent=1))
@@ -646,7 +657,6 @@ def run_explainers(out: str | os.PathLike, limit: int = 32, profile: str = "embe
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return matrix
 
 
 def load_matrix(folder: str | os.PathLike) -> Matrix:

@@ -43,6 +43,8 @@ def test_mean_l1_is_the_mean_over_images_of_the_pixel_sum():
     (0.0, 150.0, "fooled"), (19.6, 100.0, "fooled"), (10.0, 10.0, "fooled"),
     (150.0, 5.0, "immune"), (10.0, 5.0, "immune"), (150.0, 19.6, "immune"),
     (50.0, 50.0, "partial"), (19.7, 19.7, "partial"),
+    (2.7e-6, 2.5e-6, "fooled"),   # a float32 rounding of the same map is a tie (T4-clean: target = honest)
+    (1e-3, 0.0, "immune"),
 ])
 def test_verdict_thresholds_are_tau_per_pixel(to_target, to_honest, verdict):
     assert E.TAU == 0.1
