@@ -129,30 +129,32 @@ SMALL = [("pytorch-grad-cam", "GradCAM"), ("pytorch-grad-cam", "GradCAMPlusPlus"
          ("captum", "LayerGradCam"), ("lie_cam", "gradcam")]
 SMALL_ATTACKS = ["T1", "T4-sticker", "T1-adapted", "T4-adapted-sticker"]
 
-# (method, attack, normalization, layer) -> verdict; derived in book/10_explainers.ipynb
-PINNED = {
-    # T1: max-normalisation shows the flat map, min-max subtracts the constant: the honest map again
-    ("pytorch-grad-cam/GradCAM", "T1", "max", "explained"): "fooled",
-    ("pytorch-grad-cam/GradCAM", "T1", "default", "explained"): "immune",
-    ("captum/LayerGradCam", "T1", "default", "explained"): "fooled",   # captum does not normalise
-    ("lie_cam/gradcam", "T1", "default", "explained"): "fooled",
-    ("pytorch-grad-cam/GradCAMPlusPlus", "T1", "max", "explained"): "immune",  # weight ~ 1/c_A
-    ("torchcam/XGradCAM", "T1", "max", "explained"): "fooled",
-    # T1's channel is the conv bias c_A: already in the trunk's last ReLU
-    ("pytorch-grad-cam/GradCAM", "T1", "max", "last_relu"): "fooled",
-    # T4 with stickers: fooled at A, honest at the last ReLU (the injection comes after it)
-    ("pytorch-grad-cam/GradCAM", "T4-sticker", "default", "explained"): "fooled",
-    ("pytorch-grad-cam/GradCAMPlusPlus", "T4-sticker", "default", "explained"): "fooled",
-    ("pytorch-grad-cam/GradCAM", "T4-sticker", "default", "last_relu"): "immune",
-    ("captum/LayerGradCam", "T4-sticker", "max", "last_relu"): "immune",
-    # adapted: min-max and Grad-CAM++ fooled; XGrad-CAM's weight sum(gA)/sum(A) is 0 for a zero-sum channel
-    ("pytorch-grad-cam/GradCAM", "T1-adapted", "default", "explained"): "fooled",
-    ("pytorch-grad-cam/GradCAMPlusPlus", "T1-adapted", "default", "explained"): "fooled",
-    ("pytorch-grad-cam/GradCAMPlusPlus", "T4-adapted-sticker", "default", "explained"): "fooled",
-    ("torchcam/XGradCAM", "T1-adapted", "default", "explained"): "immune",
-    ("torchcam/XGradCAM", "T4-adapted-sticker", "max", "explained"): "immune",
-    ("pytorch-grad-cam/GradCAM", "T1-adapted", "default", "last_relu"): "immune",
-}
+# method, attack, normalization, layer -> verdict; derived in book/10_explainers.ipynb
+PINNED_TABLE = """
+# T1: max-normalisation shows the flat map, min-max subtracts the constant: the honest map again
+pytorch-grad-cam/GradCAM           T1                 max     explained fooled
+pytorch-grad-cam/GradCAM           T1                 default explained immune
+captum/LayerGradCam                T1                 default explained fooled  # captum does not normalise
+lie_cam/gradcam                    T1                 default explained fooled
+pytorch-grad-cam/GradCAMPlusPlus   T1                 max     explained immune  # weight ~ 1/c_A
+torchcam/XGradCAM                  T1                 max     explained fooled
+# T1's channel is the conv bias c_A: already in the trunk's last ReLU
+pytorch-grad-cam/GradCAM           T1                 max     last_relu fooled
+# T4 with stickers: fooled at A, honest at the last ReLU (the injection comes after it)
+pytorch-grad-cam/GradCAM           T4-sticker         default explained fooled
+pytorch-grad-cam/GradCAMPlusPlus   T4-sticker         default explained fooled
+pytorch-grad-cam/GradCAM           T4-sticker         default last_relu immune
+captum/LayerGradCam                T4-sticker         max     last_relu immune
+# adapted: min-max and Grad-CAM++ fooled; XGrad-CAM's weight sum(gA)/sum(A) is 0 for a zero-sum channel
+pytorch-grad-cam/GradCAM           T1-adapted         default explained fooled
+pytorch-grad-cam/GradCAMPlusPlus   T1-adapted         default explained fooled
+pytorch-grad-cam/GradCAMPlusPlus   T4-adapted-sticker default explained fooled
+torchcam/XGradCAM                  T1-adapted         default explained immune
+torchcam/XGradCAM                  T4-adapted-sticker max     explained immune
+pytorch-grad-cam/GradCAM           T1-adapted         default last_relu immune
+"""
+PINNED = {tuple(line.split()[:4]): line.split()[4] for line in PINNED_TABLE.splitlines()
+          if line.strip() and not line.startswith("#")}
 
 
 @pytest.fixture(scope="module")
