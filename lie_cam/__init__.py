@@ -13,13 +13,30 @@ from typing import Any
 
 from lie_cam.gradcam import GradCAMResult, gradcam, head_gradcam, target_layer
 
-__all__ = ["GradCAMResult", "gradcam", "head_gradcam", "target_layer", "surgery", "branches", "metrics", "data",
-           "normalization", "models", "imagenet", "engine", "reproduce", "plotting", "widgets", "sliders", "book",
-           "compat", "resources"]
+# Submodules, loaded on first use (one name a line, so that additions merge cleanly).
+_SUBMODULES = (
+    "adapters",
+    "book",
+    "branches",
+    "cli",
+    "compat",
+    "data",
+    "engine",
+    "explainers",
+    "imagenet",
+    "metrics",
+    "models",
+    "normalization",
+    "plotting",
+    "reproduce",
+    "resources",
+    "sliders",
+    "surgery",
+    "train",
+    "widgets",
+)
+__all__ = ["GradCAMResult", "gradcam", "head_gradcam", "target_layer", *_SUBMODULES]
 __version__ = "0.1.0"
-
-_SUBMODULES = {"surgery", "branches", "metrics", "data", "normalization", "models", "imagenet", "engine", "reproduce",
-               "plotting", "widgets", "sliders", "book", "compat", "resources", "train", "cli"}
 
 
 def __getattr__(name: str) -> Any:

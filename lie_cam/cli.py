@@ -1,4 +1,4 @@
-"""Command line: `python -m lie_cam reproduce ...` and `python -m lie_cam train ...`."""
+"""Command line: `python -m lie_cam reproduce ...`, `explainers ...` and `train ...`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,29 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explainers(args: argparse.Namespace) -> int:
+    from lie_cam.explainers import matrix_markdown, run_explainers
+
+    matrix = run_explainers(args.out, limit=args.limit, profile=args.profile, device=args.device,
+                            costly_limit=args.costly_limit, progress=not args.no_progress)
+    print(matrix_markdown(matrix, "default"))
+    print(f"wrote {args.out}/matrix.json, matrix.md, verdicts.png in {matrix.settings['seconds']:.0f}s")
+    return 0
+
+
+def _add_explainers(commands: argparse._SubParsersAction) -> None:
+    """`python -m lie_cam explainers`: the CAM-method x attack matrix (lie_cam.explainers)."""
+    exp = commands.add_parser("explainers", help="which CAM methods of pytorch-grad-cam, captum and torchcam T1-T4 fool")
+    exp.add_argument("--profile", choices=["embedded", "imagenette", "imagenet"], default="embedded")
+    exp.add_argument("--limit", type=int, default=32, help="evaluate the first N images (default 32)")
+    exp.add_argument("--costly-limit", type=int, default=4,
+                     help="images for the score/ablation methods, ~K+1 forwards per image each (default 4)")
+    exp.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    exp.add_argument("--no-progress", action="store_true")
+    exp.add_argument("--out", required=True, help="output folder")
+    exp.set_defaults(run=_explainers)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lie_cam", description="Make Grad-CAM lie, and measure it.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--no-progress", action="store_true")
     rep.add_argument("--out", required=True, help="output folder")
     rep.set_defaults(run=_reproduce)
+    _add_explainers(commands)
     train = commands.add_parser("train", help="retrain the embedded model (python -m lie_cam.train --help)",
                                 add_help=False)
     train.set_defaults(run=None)
