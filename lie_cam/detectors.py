@@ -440,7 +440,8 @@ def tpr_at_fpr(clean: list[float] | torch.Tensor, attacked: list[float] | torch.
 ATTACKS = ("T1", "T2", "T3", "T4", "hijack")
 # The adaptive round: hijack constants (c_A, c_W) from the paper's (100, 100) towards weights and
 # activations of ordinary size.
-ADAPTIVE_CONSTANTS = ((100.0, 100.0), (100.0, 1.0), (1000.0, 0.1), (1e4, 0.01), (1e5, 0.001), (10.0, 0.1), (3.0, 0.03))
+ADAPTIVE_CONSTANTS = ((100.0, 100.0), (100.0, 1.0), (1000.0, 0.1), (1e4, 0.01), (30.0, 0.3), (10.0, 1.0), (10.0, 0.1),
+                      (3.0, 0.03))
 
 
 def score_all(model: ModelLike, x: torch.Tensor, detectors: tuple[Detector, ...] = DETECTORS) -> dict[str, float]:

@@ -53,7 +53,7 @@ RECIPES: tuple[ZooRecipe, ...] = (
     ZooRecipe("ft-s5-30", "embedded", 5, 30, 3e-4, 4000, 320),
     ZooRecipe("ft-s6-40", "embedded", 6, 40, 1e-4, 5000, 640),
     ZooRecipe("ft-s7-40", "embedded", 7, 40, 5e-4, 6000, 480),
-    ZooRecipe("ft-s8-15", "embedded", 8, 15, 1e-3, 7000, 480),
+    ZooRecipe("ft-s8-15", "embedded", 8, 15, 2e-4, 7000, 480),
     ZooRecipe("narrow-s0", "scratch", 0, 60, 2e-3, 8000, 480, width=0.0625),
     ZooRecipe("narrow-s1", "scratch", 1, 60, 2e-3, 9000, 480, width=0.0625),
 )
