@@ -462,7 +462,7 @@ def roc_figure(scores: dict[str, dict[str, dict[str, float]]], detectors: tuple[
     """One panel per attack, one ROC curve per detector (clean zoo vs attacked zoo)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(3.2 * len(ATTACKS), 3.4), layout="constrained")
+    fig = Figure(figsize=(3.2 * len(ATTACKS), 4.0), layout="constrained")
     axes = fig.subplots(1, len(ATTACKS), sharey=True)
     clean = scores["clean"]
     for ax, attack in zip(axes, ATTACKS):
@@ -473,7 +473,8 @@ def roc_figure(scores: dict[str, dict[str, dict[str, float]]], detectors: tuple[
         ax.set_title(attack)
         ax.set_xlabel("false positive rate")
     axes[0].set_ylabel("true positive rate")
-    axes[-1].legend(fontsize=6, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8)
     return fig
 
 
