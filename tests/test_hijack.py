@@ -92,3 +92,15 @@ def test_bad_input(bad):
     else:
         with pytest.raises(ValueError, match="images must be"):
             channel_hijack(model, images[0])
+
+
+def test_batchnorm_layout_gives_a_flat_map():
+    from lie_cam.models import compact_vgg16
+
+    torch.manual_seed(0)
+    model = compact_vgg16(width=1 / 16, hidden=32, batch_norm=True).eval()
+    hijacked = channel_hijack(model, random_input(8))
+    assert list(hijacked.state_dict()) == list(model.state_dict())
+    assert isinstance(hijacked.features[-2], torch.nn.ReLU)  # conv, BatchNorm2d, ReLU, pool
+    result = gradcam(hijacked, random_input(3, seed=2), layer=hijacked.features[-2])  # target_layer wants plain VGG
+    assert bool((l1_distance(torch.ones_like(result.maps), result.normalized) < 0.05).all())
