@@ -74,3 +74,16 @@ def test_bad_clean_images(networks):
     nets, _ = networks
     with pytest.raises(ValueError, match="clean images"):
         detectors.alpha_dominance(nets["clean"], torch.zeros(3, 224, 224))
+
+
+def test_pruned_zoo_model_is_a_plain_vgg_keeping_the_largest_filters():
+    from lie_cam.zoo import prune_filters
+
+    model = small_vgg()
+    narrow = prune_filters(model, width=1 / 32)
+    assert [m.out_channels for m in narrow.features if isinstance(m, torch.nn.Conv2d)][-3:] == [16, 16, 16]
+    assert detectors.architecture_score(narrow) == 0
+    old = model.features[24]
+    keep = old.weight.abs().sum(dim=(1, 2, 3)).topk(16).indices.sort().values
+    assert torch.equal(narrow.features[24].weight, old.weight[keep])
+    assert narrow(random_input(1)).shape == (1, 10)
