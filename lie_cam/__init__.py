@@ -21,8 +21,10 @@ _SUBMODULES = (
     "cli",
     "compat",
     "data",
+    "detectors",
     "engine",
     "explainers",
+    "hijack",
     "imagenet",
     "metrics",
     "models",
@@ -34,10 +36,10 @@ _SUBMODULES = (
     "surgery",
     "train",
     "widgets",
+    "zoo",
 )
 __all__ = ["GradCAMResult", "gradcam", "head_gradcam", "target_layer", *_SUBMODULES]
 __version__ = "0.1.0"
-
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:

@@ -49,6 +49,14 @@ def _add_explainers(commands: argparse._SubParsersAction) -> None:
     exp.set_defaults(run=_explainers)
 
 
+def _detect(args: argparse.Namespace) -> int:
+    from lie_cam.detectors import run_detection
+
+    result = run_detection(args.out, zoo=args.zoo, threads=args.threads)
+    print(f"wrote {args.out}/detectors.json, detectors.md, roc.png in {result['seconds']}s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lie_cam", description="Make Grad-CAM lie, and measure it.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--out", required=True, help="output folder")
     rep.set_defaults(run=_reproduce)
     _add_explainers(commands)
+    det = commands.add_parser("detect", help="every detector on a zoo of clean models and on T1-T4 and the hijack")
+    det.add_argument("--out", required=True, help="output folder")
+    det.add_argument("--zoo", default=None, help="zoo folder (built there if missing; default OUT/zoo)")
+    det.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    det.set_defaults(run=_detect)
     train = commands.add_parser("train", help="retrain the embedded model (python -m lie_cam.train --help)",
                                 add_help=False)
     train.set_defaults(run=None)

@@ -35,6 +35,7 @@ from lie_cam.branches import RandomBranch, StickerDetector
 from lie_cam.data import smiley, smiley_target
 from lie_cam.gradcam import normalize_maps
 from lie_cam.normalization import IMAGENET_MEAN, IMAGENET_STD
+from lie_cam.hijack import channel_hijack  # the weights-only attack (issue 12)
 
 __all__ = [
     "TECHNIQUES",
@@ -43,6 +44,7 @@ __all__ = [
     "constant_image",
     "semi_random",
     "backdoor",
+    "channel_hijack",
     "paper_networks",
     "target_explanation",
     "NoInjection",

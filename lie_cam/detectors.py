@@ -1,0 +1,615 @@
+"""Detectors for manipulated models: each takes a model (module or weights file) and returns a
+score, higher meaning more suspicious. `DETECTORS` lists them with what they need.
+
+    a  architecture_score   number of deviations of the modules / state_dict from torchvision's VGG
+                            layout (keys, shapes, module types). No data, no pass.
+    b  magnitude_score      log10 max over parameter tensors t of max(max|t| / median|t|,
+                            max|bias| / rms(weight of that layer)). No data, no pass.
+    c  activation_score     log10 max_k P_k / median_k P_k, P_k = max over clean images and positions
+                            of A^k (Grad-CAM's layer). Clean images, 1 forward.
+    d  alpha_dominance      mean over clean images of max_k |alpha_k| / sum_k |alpha_k|.
+                            Clean images, 1 forward + 1 backward (the Grad-CAM).
+    e  randomization_score  Adebayo et al. (2018): mean |cosine similarity| of the pre-ReLU Grad-CAM
+                            maps of the model and of a copy with its logits layer re-initialised
+                            (a faithful explanation must change). Clean images, 2 Grad-CAMs.
+    f  gradient_check       median relative gap between the autograd directional derivative g.v
+                            (v = g/|g|) of y_c and the central finite difference
+                            (y_c(x + h v) - y_c(x - h v)) / 2h. Clean images, 1 backward + 3 forwards.
+    f2 ig_completeness      median |sum IG - (y_c(x) - y_c(0))| / |y_c(x) - y_c(0)| for integrated gradients
+                            with `steps` midpoint steps from the zero baseline. Clean images, `steps` backwards.
+    g  occlusion_disagreement  mean |I~_cam - I~_occ| between max-normalised Grad-CAM (pooled to the
+                            occlusion grid) and occlusion map (drop of y_c when a cell is set to 0, the
+                            mean colour). Clean images, 1 Grad-CAM + grid^2 forwards.
+Model files load with safetensors or `torch.load(weights_only=True)` only (`load_model_file`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lie_cam.gradcam import gradcam, normalize_maps, target_layer
+
+__all__ = [
+    "Detector",
+    "DETECTORS",
+    "load_model_file",
+    "vgg_from_state_dict",
+    "as_model",
+    "architecture_problems",
+    "architecture_score",
+    "magnitude_score",
+    "activation_score",
+    "alpha_dominance",
+    "randomization_score",
+    "gradient_check",
+    "ig_completeness",
+    "occlusion_disagreement",
+    "auroc",
+    "tpr_at_fpr",
+]
+
+ModelLike = nn.Module | str | Path
+
+
+# ---------------------------------------------------------------------------
+# Loading model files (never pickle)
+# ---------------------------------------------------------------------------
+
+
+def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle.UnpicklingError and friends
+            raise ValueError(f"refusing to load {path}: not a plain weights file (weights_only=True failed: {error})") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors")
+    return state
+
+
+def vgg_from_state_dict(state: dict[str, torch.Tensor]) -> nn.Module:
+    """A torchvision VGG (configuration read off the conv shapes, a pool after each block whose
+    index gap says so, a 3-Linear classifier) with `state` loaded, in eval mode. ValueError when the
+    state_dict is not of that layout (`architecture_problems` says why)."""
+    problems = _state_dict_problems(state)
+    if problems:
+        raise ValueError("not a torchvision VGG state_dict: " + "; ".join(problems[:5]))
+    from lie_cam.compat import import_torchvision
+
+    import_torchvision()
+    from torchvision.models.vgg import VGG, make_layers
+
+    convs = sorted(int(k.split(".")[1]) for k in state if k.startswith("features.") and k.endswith(".weight"))
+    config: list = []
+    for n, i in enumerate(convs):
+        config.append(state[f"features.{i}.weight"].shape[0])
+        following = convs[n + 1] if n + 1 < len(convs) else None
+        if following is None or following - i == 3:
+            config.append("M")
+    fcs = sorted(int(k.split(".")[1]) for k in state if k.startswith("classifier.") and k.endswith(".weight"))
+    model = VGG(make_layers(config), num_classes=state[f"classifier.{fcs[-1]}.weight"].shape[0], init_weights=False)
+    dims = [state[f"classifier.{i}.weight"].shape for i in fcs]
+    model.classifier = nn.Sequential(nn.Linear(dims[0][1], dims[0][0]), nn.ReLU(True), nn.Dropout(),
+                                     nn.Linear(dims[1][1], dims[1][0]), nn.ReLU(True), nn.Dropout(),
+                                     nn.Linear(dims[2][1], dims[2][0]))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_model_file(path: str | Path) -> nn.Module:
+    """A VGG from a weights file (safetensors, or torch.load(weights_only=True))."""
+    return vgg_from_state_dict(_read_state_dict(path))
+
+
+def as_model(model: ModelLike) -> nn.Module:
+    """A module as it is, or the VGG in a weights file."""
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, (str, Path)):
+        return load_model_file(model)
+    raise TypeError(f"expected an nn.Module or the path of a weights file, got {type(model).__name__}")
+
+
+# ---------------------------------------------------------------------------
+# (a) architecture
+# ---------------------------------------------------------------------------
+
+
+def _state_dict_problems(state: dict[str, torch.Tensor]) -> list[str]:
+    """Deviations of a state_dict from torchvision's VGG (no batch norm) layout."""
+    problems = []
+    features, classifier = {}, {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] not in ("features", "classifier") or not parts[1].isdigit() \
+                or parts[2] not in ("weight", "bias"):
+            problems.append(f"unexpected key {key}")
+            continue
+        (features if parts[0] == "features" else classifier).setdefault(int(parts[1]), {})[parts[2]] = value
+    if not features or len(classifier) != 3:
+        problems.append(f"expected conv layers under features.* and 3 Linear layers under classifier.*, "
+                        f"got {len(features)} and {len(classifier)}")
+        return problems
+    channels, previous = 3, None
+    for i in sorted(features):
+        layer = features[i]
+        w, b = layer.get("weight"), layer.get("bias")
+        if w is None or b is None or w.dim() != 4 or tuple(w.shape[2:]) != (3, 3) or b.shape != w.shape[:1]:
+            problems.append(f"features.{i} is not a 3x3 Conv2d with bias")
+            continue
+        if w.shape[1] != channels:
+            problems.append(f"features.{i} reads {w.shape[1]} channels, the previous layer gives {channels}")
+        if previous is not None and i - previous not in (2, 3):
+            problems.append(f"features.{i}: index gap {i - previous} after features.{previous} (expected 2 or 3)")
+        channels, previous = w.shape[0], i
+    if sorted(classifier) != [0, 3, 6]:
+        problems.append(f"classifier Linear layers at {sorted(classifier)}, torchvision has 0, 3, 6")
+    dims = []
+    for i in sorted(classifier):
+        w, b = classifier[i].get("weight"), classifier[i].get("bias")
+        if w is None or b is None or w.dim() != 2 or b.shape != w.shape[:1]:
+            problems.append(f"classifier.{i} is not a Linear with bias")
+            return problems
+        dims.append(tuple(w.shape))
+    if dims[0][1] != channels * 49:
+        problems.append(f"classifier.0 reads {dims[0][1]} inputs, not {channels} channels x 7 x 7")
+    for (out_prev, _), (out, inp) in zip(dims, dims[1:]):
+        if inp != out_prev:
+            problems.append(f"classifier Linear reads {inp} inputs after a layer with {out_prev} outputs")
+    return problems
+
+
+def architecture_problems(model: ModelLike) -> list[str]:
+    """Everything in `model` that torchvision's VGG would not have: a module of another class or
+    with extra submodules, parameters or buffers, or a state_dict whose keys/shapes are not VGG's."""
+    if isinstance(model, (str, Path)):
+        return _state_dict_problems(_read_state_dict(model))
+    from lie_cam.compat import import_torchvision
+
+    import_torchvision()
+    from torchvision.models.vgg import VGG
+
+    problems = []
+    if type(model) is not VGG:
+        problems.append(f"the model is a {type(model).__module__}.{type(model).__name__}, not torchvision's VGG")
+    allowed = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Linear, nn.Dropout, nn.Sequential, VGG)
+    for name, module in model.named_modules():
+        if type(module) not in allowed:
+            problems.append(f"module {name or '(root)'} is a {type(module).__name__}")
+    for name, _ in model.named_buffers():
+        problems.append(f"unexpected buffer {name}")
+    problems += _state_dict_problems(model.state_dict())
+    return problems
+
+
+def architecture_score(model: ModelLike) -> float:
+    """(a) The number of `architecture_problems`: 0 for torchvision's layout."""
+    return float(len(architecture_problems(model)))
+
+
+# ---------------------------------------------------------------------------
+# (b) weight statistics
+# ---------------------------------------------------------------------------
+
+
+def magnitude_score(model: ModelLike) -> float:
+    """(b) log10 of the largest outlier ratio among the parameters: max|t| / median|t| per tensor,
+    and max|b| / rms(W) for each layer's bias b against its weight W. Huge folded constants
+    (c_W = 100 among weights of 0.01; a bias of -4.9e5) stand out; ordinary training gives ratios of 10-100."""
+    model = as_model(model)
+    ratios = []
+    modules = [m for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)]
+    for m in modules:
+        w = m.weight.detach().double().abs().flatten()
+        if w.numel() > 1:
+            ratios.append(w.max() / w.median().clamp_min(1e-12))
+        b = getattr(m, "bias", None)
+        if isinstance(b, torch.Tensor) and w.numel() > 1:
+            ratios.append(b.detach().double().abs().max() / w.pow(2).mean().sqrt().clamp_min(1e-12))
+    for p in model.parameters():
+        if p.dim() == 0:
+            ratios.append(p.detach().double().abs())
+    return math.log10(max(float(r) for r in ratios))
+
+
+# ---------------------------------------------------------------------------
+# Data-based detectors
+# ---------------------------------------------------------------------------
+
+
+def _activations(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    store: dict = {}
+    handle = target_layer(model).register_forward_hook(lambda m, i, o: store.__setitem__("A", o.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return store["A"]
+
+
+def _check_clean(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise ValueError(f"clean images must be a float B x 3 x H x W tensor (normalised), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+
+
+def activation_score(model: ModelLike, x: torch.Tensor) -> float:
+    """(c) log10 max_k P_k / median_k P_k with P_k = max over the clean images x and positions of A^k
+    (median over channels that fire at all)."""
+    _check_clean(x)
+    model = as_model(model).eval()
+    a = _activations(model, x).double()
+    peaks = a.amax(dim=(0, 2, 3))
+    alive = peaks[peaks > 0]
+    if alive.numel() == 0:
+        return 0.0
+    return math.log10(float(alive.max() / alive.median()))
+
+
+def alpha_dominance(model: ModelLike, x: torch.Tensor) -> float:
+    """(d) mean over clean images of max_k |alpha_k| / sum_k |alpha_k| (1/K for equal alphas, 1 when
+    one channel carries all of Grad-CAM's weight)."""
+    _check_clean(x)
+    alpha = gradcam(as_model(model).eval(), x).alpha.double().abs()
+    return float((alpha.amax(1) / alpha.sum(1).clamp_min(1e-300)).mean())
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    norm = a.norm(dim=1) * b.norm(dim=1)
+    return torch.where(norm > 0, (a * b).sum(1) / norm.clamp_min(1e-300), torch.zeros_like(norm))
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise TypeError("the model has no nn.Linear layer to randomise")
+    return linears[-1]
+
+
+def _raw_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_k alpha_k A^k before the ReLU, classes)."""
+    result = gradcam(model, x, target=target)
+    return torch.einsum("bk,bkhw->bhw", result.alpha.double(), _activations(model, x).double()), result.classes
+
+
+def randomization_score(model: ModelLike, x: torch.Tensor, seed: int = 0) -> float:
+    """(e) Adebayo's model-parameter randomisation test, first step of the cascade: mean absolute cosine
+    similarity between the pre-ReLU Grad-CAM maps sum_k alpha_k A^k of the model and of a copy whose logits
+    layer is re-initialised (seeded, PyTorch's default uniform init). Absolute, as Adebayo et al.'s absolute
+    rank correlation, so a map that only flips sign counts as unchanged. An explanation that does not depend
+    on the weights it explains stays the same (score near 1)."""
+    _check_clean(x)
+    model = as_model(model).eval()
+    randomized = copy.deepcopy(model)
+    layer = _last_linear(randomized)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bound = 1 / math.sqrt(layer.in_features)
+        layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound)
+        if layer.bias is not None:
+            layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * bound)
+    honest, classes = _raw_cam(model, x)
+    random, _ = _raw_cam(randomized, x, classes)
+    return float(_cosine(honest, random).abs().mean())
+
+
+def _class_scores(model: nn.Module, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    return model(x).gather(1, classes[:, None])[:, 0]
+
+
+def gradient_check(model: ModelLike, x: torch.Tensor, h: float = 1e-2) -> float:
+    """(f) median over clean images of |g.v - FD| / max(|g.v|, |FD|) with g = dy_c/dx by autograd,
+    v = g/|g| and FD = (y_c(x + h v) - y_c(x - h v)) / 2h (y_c the top class; a step of h in the
+    input's norm moves each of its 150,528 values by ~h/400, so float32 suffices). A ReLU
+    network is piecewise linear: the two agree unless a kink lies within h. Gradients made up by
+    autograd (mod's derivative 1 where the function jumps by c_G c_F) do not survive the difference."""
+    _check_clean(x)
+    model = as_model(model).eval()
+    x = x.clone().requires_grad_(True)
+    with torch.no_grad():
+        classes = model(x).argmax(1)
+    (g,) = torch.autograd.grad(_class_scores(model, x, classes).sum(), x)
+    g = g.flatten(1)
+    norm = g.norm(dim=1)
+    v = (g / norm.clamp_min(1e-300)[:, None]).view_as(x)
+    with torch.no_grad():
+        fd = (_class_scores(model, x + h * v, classes) - _class_scores(model, x - h * v, classes)) / (2 * h)
+    norm = norm.double()
+    fd = fd.double()
+    gap = (norm - fd).abs() / torch.maximum(norm, fd.abs()).clamp_min(1e-300)
+    return float(gap.median())
+
+
+def ig_completeness(model: ModelLike, x: torch.Tensor, steps: int = 8) -> float:
+    """(f2) integrated gradients (Sundararajan et al. 2017) from the zero baseline with `steps` midpoint
+    steps: IG = x * mean_s dy_c/dx(s x); completeness says sum IG = y_c(x) - y_c(0). Returns the median
+    relative violation over clean images."""
+    _check_clean(x)
+    model = as_model(model).eval()
+    with torch.no_grad():
+        classes = model(x).argmax(1)
+        gap = _class_scores(model, x, classes) - _class_scores(model, torch.zeros_like(x), classes)
+    total = torch.zeros_like(x)
+    for s in range(steps):
+        point = (x * ((s + 0.5) / steps)).requires_grad_(True)
+        (g,) = torch.autograd.grad(_class_scores(model, point, classes).sum(), point)
+        total += g
+    ig = (x * total / steps).flatten(1).double().sum(1)
+    gap = gap.double()
+    return float(((ig - gap).abs() / gap.abs().clamp_min(1e-12)).median())
+
+
+def occlusion_map(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, grid: int = 4) -> torch.Tensor:
+    """B x grid x grid drop of y_c when each cell of a grid x grid partition is set to 0 (forward passes only)."""
+    side = x.shape[-1] // grid
+    with torch.no_grad():
+        base = _class_scores(model, x, classes)
+        drops = torch.empty(x.shape[0], grid * grid, dtype=torch.float64)
+        for b in range(x.shape[0]):
+            batch = x[b : b + 1].repeat(grid * grid, 1, 1, 1)
+            for cell in range(grid * grid):
+                r, c = divmod(cell, grid)
+                batch[cell, :, r * side : (r + 1) * side, c * side : (c + 1) * side] = 0
+            drops[b] = (base[b] - _class_scores(model, batch, classes[b].expand(grid * grid))).double()
+    return drops.view(x.shape[0], grid, grid)
+
+
+def occlusion_disagreement(model: ModelLike, x: torch.Tensor, grid: int = 4) -> float:
+    """(g) mean over clean images and grid cells of |I~_cam - I~_occ|: Grad-CAM average-pooled to the
+    occlusion grid and ReLU(occlusion drop), each divided by its maximum (what a user sees; a correlation
+    would ignore T1's flat offset and see only the honest residue under it)."""
+    _check_clean(x)
+    model = as_model(model).eval()
+    result = gradcam(model, x)
+    cam = normalize_maps(F.adaptive_avg_pool2d(result.maps[:, None].double(), grid)[:, 0])
+    occ = normalize_maps(occlusion_map(model, x, result.classes, grid).clamp_min(0))
+    return float((cam - occ).abs().mean())
+
+
+# ---------------------------------------------------------------------------
+# Registry and ROC statistics
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A detector: its function (model[, clean images]) -> score, and what it costs."""
+
+    key: str
+    name: str
+    function: Callable[..., float]
+    needs_clean_data: bool
+    passes: int  # forward + backward passes per clean image (0: reads the weights only)
+    idea: str
+
+
+DETECTORS: tuple[Detector, ...] = (
+    Detector("a", "architecture", architecture_score, False, 0, "modules and state_dict vs torchvision's VGG layout"),
+    Detector("b", "weight magnitude", magnitude_score, False, 0, "outlying weights and biases"),
+    Detector("c", "activation range", activation_score, True, 1, "one channel of A far above the others"),
+    Detector("d", "alpha dominance", alpha_dominance, True, 2, "one alpha_k carries Grad-CAM"),
+    Detector("e", "randomisation test", randomization_score, True, 6, "map survives a random logits layer"),
+    Detector("f", "gradient vs finite differences", gradient_check, True, 4, "autograd disagrees with the function"),
+    Detector("f2", "IG completeness", ig_completeness, True, 18, "attributions do not add up to the score"),
+    Detector("g", "Grad-CAM vs occlusion", occlusion_disagreement, True, 19, "Grad-CAM disagrees with a forward-only map"),
+)
+
+
+def auroc(clean: list[float] | torch.Tensor, attacked: list[float] | torch.Tensor) -> float:
+    """P(score of an attacked model > score of a clean one), ties counting 1/2 (Mann-Whitney)."""
+    c, a = torch.as_tensor(clean, dtype=torch.float64), torch.as_tensor(attacked, dtype=torch.float64)
+    if c.numel() == 0 or a.numel() == 0:
+        raise ValueError("auroc needs at least one clean and one attacked score")
+    greater = (a[:, None] > c[None]).double().mean()
+    ties = (a[:, None] == c[None]).double().mean()
+    return float(greater + 0.5 * ties)
+
+
+def tpr_at_fpr(clean: list[float] | torch.Tensor, attacked: list[float] | torch.Tensor, fpr: float = 0.01) -> float:
+    """Fraction of attacked scores above the threshold that flags at most `fpr` of the clean ones
+    (with fewer than 1/fpr clean models: above the largest clean score)."""
+    c, a = torch.as_tensor(clean, dtype=torch.float64), torch.as_tensor(attacked, dtype=torch.float64)
+    allowed = int(math.floor(fpr * c.numel()))
+    threshold = c.sort(descending=True).values[allowed]
+    return float((a > threshold).double().mean())
+
+
+# ---------------------------------------------------------------------------
+# The experiment: `python -m lie_cam detect --out DIR`
+# ---------------------------------------------------------------------------
+
+ATTACKS = ("T1", "T2", "T3", "T4", "hijack")
+# The adaptive round: hijack constants (c_A, c_W) from the paper's (100, 100) towards weights and
+# activations of ordinary size.
+ADAPTIVE_CONSTANTS = ((100.0, 100.0), (100.0, 1.0), (1000.0, 0.1), (1e4, 0.01), (30.0, 0.3), (10.0, 1.0), (10.0, 0.1),
+                      (3.0, 0.03))
+
+
+def score_all(model: ModelLike, x: torch.Tensor, detectors: tuple[Detector, ...] = DETECTORS) -> dict[str, float]:
+    """Every detector's score for one model on the clean images x."""
+    return {d.key: float(d.function(model, x) if d.needs_clean_data else d.function(model)) for d in detectors}
+
+
+def _roc_points(clean: list[float], attacked: list[float]) -> tuple[list[float], list[float]]:
+    thresholds = sorted(set(clean) | set(attacked), reverse=True)
+    fpr, tpr = [0.0], [0.0]
+    for t in thresholds:
+        fpr.append(sum(c >= t for c in clean) / len(clean))
+        tpr.append(sum(a >= t for a in attacked) / len(attacked))
+    return fpr + [1.0], tpr + [1.0]
+
+
+def roc_figure(scores: dict[str, dict[str, dict[str, float]]], detectors: tuple[Detector, ...] = DETECTORS):
+    """One panel per attack, one ROC curve per detector (clean zoo vs attacked zoo)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.2 * len(ATTACKS), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(ATTACKS), sharey=True)
+    clean = scores["clean"]
+    for ax, attack in zip(axes, ATTACKS):
+        for d in detectors:
+            fpr, tpr = _roc_points([v[d.key] for v in clean.values()], [v[d.key] for v in scores[attack].values()])
+            ax.step(fpr, tpr, where="post", label=f"({d.key}) {d.name}")
+        ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
+        ax.set_title(attack)
+        ax.set_xlabel("false positive rate")
+    axes[0].set_ylabel("true positive rate")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8)
+    return fig
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    def cell(v: object) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def run_detection(out: str | Path, zoo: str | Path | None = None, n_clean: int = 4, test_size: int = 1000,
+                  threads: int | None = None, progress: bool = True) -> dict:
+    """Every detector on the zoo (clean) and on T1-T4 and the channel hijack built from each zoo model;
+    the hijack's cost on the embedded model; the adaptive round. Writes DIR/detectors.json,
+    DIR/detectors.md and DIR/roc.png; returns the json's content."""
+    import json
+    import tempfile
+    import time
+
+    from safetensors.torch import save_file
+
+    from lie_cam import data as synth
+    from lie_cam.hijack import channel_hijack, hijack_cost, least_important_channel
+    from lie_cam.metrics import l1_distance
+    from lie_cam.surgery import paper_networks
+    from lie_cam.zoo import build_zoo, load_zoo
+
+    started = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    zoo = Path(zoo) if zoo is not None else out / "zoo"
+    if threads:
+        torch.set_num_threads(threads)
+    build_zoo(zoo, threads=torch.get_num_threads())
+    models = load_zoo(zoo)
+    x, _, _ = synth.synthetic_split("val", n_clean, 5000)  # the defender's few clean images
+    x_attack, y_attack, _ = synth.synthetic_split("val", 64)  # the attacker's images (channel choice, means)
+    scores: dict[str, dict[str, dict[str, float]]] = {k: {} for k in ("clean", *ATTACKS)}
+    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models.items():
+            scores["clean"][name] = score_all(model, x)
+            networks = paper_networks(model)
+            hijacked = channel_hijack(model, x_attack, labels=y_attack)
+            path = Path(tmp) / f"{name}-hijack.safetensors"  # the hijack travels as a plain weights file
+            save_file({k: v.contiguous() for k, v in hijacked.state_dict().items()}, str(path))
+            networks["hijack"] = path
+            for attack in ATTACKS:
+                scores[attack][name] = score_all(networks[attack], x)
+            log(f"{name}: done ({time.time() - started:.0f}s)")
+    rows = []
+    for d in DETECTORS:
+        clean = [v[d.key] for v in scores["clean"].values()]
+        for attack in ATTACKS:
+            attacked = [v[d.key] for v in scores[attack].values()]
+            rows.append({"detector": d.key, "name": d.name, "attack": attack, "auroc": auroc(clean, attacked),
+                         "tpr_at_1pct_fpr": tpr_at_fpr(clean, attacked, 0.01), "n_clean": len(clean),
+                         "n_attacked": len(attacked), "needs_clean_data": d.needs_clean_data, "passes": d.passes})
+    # The hijack's cost on the embedded model and test set.
+    embedded = models["embedded"]
+    x_test, y_test, _ = synth.synthetic_split("test", test_size)
+    channel = least_important_channel(embedded, x_attack, y_attack)
+    cost = hijack_cost(embedded, channel_hijack(embedded, x_attack, channel=channel), x_test, y_test).as_dict()
+    cost["channel"] = channel
+    log(f"hijack cost: {cost} ({time.time() - started:.0f}s)")
+    # The adaptive round: the detector that separates the hijack best (AUROC, then margin in clean spreads).
+    def margin(key: str) -> float:
+        clean = torch.tensor([v[key] for v in scores["clean"].values()], dtype=torch.float64)
+        attacked = torch.tensor([v[key] for v in scores["hijack"].values()], dtype=torch.float64)
+        return float((attacked.min() - clean.max()) / clean.std().clamp_min(1e-12))
+
+    candidates = [r for r in rows if r["attack"] == "hijack" and r["detector"] != "a"]
+    best = max(candidates, key=lambda r: (r["auroc"], margin(r["detector"])))["detector"]
+    thresholds = {d.key: max(v[d.key] for v in scores["clean"].values()) for d in DETECTORS}
+    adaptive = []
+    x_l1 = x_test[:100]
+    for c_A, c_W in ADAPTIVE_CONSTANTS:
+        variant = channel_hijack(embedded, x_attack, c_A=c_A, c_W=c_W, channel=channel)
+        result = gradcam(variant, x_l1)
+        with torch.no_grad():
+            original = embedded(x_l1)
+        variant_scores = score_all(variant, x)
+        adaptive.append({"c_A": c_A, "c_W": c_W,
+                         "l1_mean": float(l1_distance(torch.ones_like(result.maps), result.normalized).mean()),
+                         "accuracy_change": float((result.logits.argmax(1) == y_test[:100]).double().mean()
+                                                  - (original.argmax(1) == y_test[:100]).double().mean()),
+                         "scores": variant_scores,
+                         "evades": [k for k, v in variant_scores.items() if v <= thresholds[k]],
+                         "caught_by": [k for k, v in variant_scores.items() if v > thresholds[k]]})
+        log(f"adaptive c_A={c_A} c_W={c_W}: {adaptive[-1]['l1_mean']:.3f} caught by {adaptive[-1]['caught_by']}")
+    result_json = {
+        "rows": rows, "scores": scores, "hijack_cost": cost, "adaptive": {"detector": best, "thresholds": thresholds,
+                                                                           "variants": adaptive},
+        "detectors": [{"key": d.key, "name": d.name, "needs_clean_data": d.needs_clean_data, "passes": d.passes,
+                       "idea": d.idea} for d in DETECTORS],
+        "zoo": list(models), "n_clean_images": n_clean, "test_size": test_size,
+        "seconds": round(time.time() - started), "threads": torch.get_num_threads(),
+        "command": f"python -m lie_cam detect --out {out}",
+    }
+    (out / "detectors.json").write_text(json.dumps(result_json, indent=1) + "\n")
+    (out / "detectors.md").write_text(detectors_markdown(result_json))
+    roc_figure(scores).savefig(out / "roc.png", dpi=120)
+    return result_json
+
+
+def detectors_markdown(result: dict) -> str:
+    """The AUROC table (detector x attack), the hijack's cost and the adaptive round, in Markdown."""
+    names = {d["key"]: d["name"] for d in result["detectors"]}
+    table = []
+    for d in result["detectors"]:
+        row = {"detector": f"({d['key']}) {d['name']}", "clean data": "yes" if d["needs_clean_data"] else "no",
+               "passes/image": d["passes"]}
+        for r in result["rows"]:
+            if r["detector"] == d["key"]:
+                row[r["attack"]] = f"{r['auroc']:.2f} / {r['tpr_at_1pct_fpr']:.2f}"
+        table.append(row)
+    adaptive = result["adaptive"]
+    variants = [{"c_A": v["c_A"], "c_W": v["c_W"], "L1 to flat": v["l1_mean"], "accuracy change": v["accuracy_change"],
+                 f"({adaptive['detector']}) score": v["scores"][adaptive["detector"]],
+                 "caught by": ", ".join(v["caught_by"]) or "none"} for v in adaptive["variants"]]
+    cost = result["hijack_cost"]
+    return "\n\n".join([
+        "# Detectors: AUROC / TPR at 1% FPR",
+        f"{len(result['zoo'])} clean models ({', '.join(result['zoo'])}) against the same number of attacked ones "
+        f"per attack; {result['n_clean_images']} clean images per data-based detector. Command: `{result['command']}` "
+        f"({result['seconds']} s, {result['threads']} thread(s)).",
+        _table(table, ["detector", "clean data", "passes/image", *ATTACKS]),
+        "## Channel hijack on the embedded model",
+        f"Channel {cost['channel']} of the last conv; on {cost['n']} test scenes: accuracy {cost['accuracy_original']:.4f} "
+        f"-> {cost['accuracy_hijacked']:.4f} (change {100 * cost['accuracy_change']:+.2f} pp), score change mean "
+        f"{cost['score_change_mean']:.4f} / max {cost['score_change_max']:.4f}, L1 to the flat target mean "
+        f"{cost['l1_mean']:.4f} / median {cost['l1_median']:.4f}.",
+        f"## Adaptive round: evading ({adaptive['detector']}) {names[adaptive['detector']]}",
+        "Thresholds: the largest clean score of each detector (0% false positives on the zoo).",
+        _table(variants, list(variants[0])),
+    ]) + "\n"

@@ -1,0 +1,106 @@
+import copy
+
+import pytest
+import torch
+from conftest import random_input, small_vgg
+
+from lie_cam import gradcam, surgery
+from lie_cam.hijack import channel_hijack, channel_importance, hijack_cost, least_important_channel
+from lie_cam.metrics import l1_distance
+
+
+@pytest.fixture(scope="module")
+def setting():
+    model = small_vgg()
+    images = random_input(8)
+    return model, images, channel_hijack(model, images)
+
+
+def test_same_class_keys_and_shapes(setting):
+    model, _, hijacked = setting
+    assert type(hijacked) is type(model)
+    before, after = model.state_dict(), hijacked.state_dict()
+    assert list(before) == list(after)
+    assert all(before[k].shape == after[k].shape and before[k].dtype == after[k].dtype for k in before)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == ["features.28.weight", "features.28.bias", "classifier.0.weight", "classifier.0.bias"]
+
+
+def test_input_not_modified():
+    model = small_vgg()
+    reference = copy.deepcopy(model.state_dict())
+    channel_hijack(model, random_input(8))
+    assert all(torch.equal(reference[k], v) for k, v in model.state_dict().items())
+
+
+def test_only_the_chosen_channel_is_rewritten(setting):
+    model, images, hijacked = setting
+    k = least_important_channel(model, images)
+    conv_o, conv_h = model.features[28], hijacked.features[28]
+    assert torch.equal(conv_h.weight[k], torch.zeros_like(conv_h.weight[k])) and conv_h.bias[k].item() == 100.0
+    others = [c for c in range(conv_o.out_channels) if c != k]
+    assert torch.equal(conv_o.weight[others], conv_h.weight[others])
+    n_z = model.classifier[0].in_features // conv_o.out_channels
+    assert bool((hijacked.classifier[0].weight[:, k * n_z : (k + 1) * n_z] == 100.0).all())
+
+
+def test_least_important_channel_is_the_cheapest(setting):
+    model, images, _ = setting
+    importance = channel_importance(model, images)
+    k = least_important_channel(model, images)
+    assert importance["score_change"][k] == importance["score_change"].min()
+    assert importance["score_change"].max() > importance["score_change"][k]
+
+
+def test_gradcam_matches_flat_target_and_scores_stay(setting):
+    model, _, hijacked = setting
+    x = random_input(4, seed=3)
+    result = gradcam(hijacked, x)
+    l1 = l1_distance(torch.ones_like(result.maps), result.normalized)
+    assert bool((l1 < 0.05).all()), l1  # out of 14 x 14 = 196 for a wrong map
+    honest = gradcam(model, x)
+    assert float(l1_distance(torch.ones_like(honest.maps), honest.normalized).min()) > 10
+    cost = hijack_cost(model, hijacked, x, honest.classes)
+    assert cost.accuracy_change == 0.0 and cost.accuracy_hijacked == 1.0
+    assert cost.score_change_max < 0.5 * float(honest.logits.abs().max())
+
+
+def test_chosen_channel_and_reexport():
+    model, images = small_vgg(), random_input(4)
+    hijacked = surgery.channel_hijack(model, images, channel=3, c_A=10.0, c_W=5.0)
+    assert hijacked.features[28].bias[3].item() == 10.0
+
+
+@pytest.mark.parametrize("bad", ["half", "manipulated", "resnet", "c_A", "channel", "images"])
+def test_bad_input(bad):
+    model, images = small_vgg(), random_input(4)
+    if bad == "half":
+        with pytest.raises(TypeError, match="float16"):
+            channel_hijack(model.half(), images)
+    elif bad == "manipulated":
+        with pytest.raises(TypeError, match="already manipulated"):
+            channel_hijack(surgery.constant_flat(model), images)
+    elif bad == "resnet":
+        with pytest.raises(TypeError, match="expected a torchvision VGG"):
+            channel_hijack(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), images)
+    elif bad == "c_A":
+        with pytest.raises(ValueError, match="c_A"):
+            channel_hijack(model, images, c_A=-1.0)
+    elif bad == "channel":
+        with pytest.raises(ValueError, match="channel must be"):
+            channel_hijack(model, images, channel=10_000)
+    else:
+        with pytest.raises(ValueError, match="images must be"):
+            channel_hijack(model, images[0])
+
+
+def test_batchnorm_layout_gives_a_flat_map():
+    from lie_cam.models import compact_vgg16
+
+    torch.manual_seed(0)
+    model = compact_vgg16(width=1 / 16, hidden=32, batch_norm=True).eval()
+    hijacked = channel_hijack(model, random_input(8))
+    assert list(hijacked.state_dict()) == list(model.state_dict())
+    assert isinstance(hijacked.features[-2], torch.nn.ReLU)  # conv, BatchNorm2d, ReLU, pool
+    result = gradcam(hijacked, random_input(3, seed=2), layer=hijacked.features[-2])  # target_layer wants plain VGG
+    assert bool((l1_distance(torch.ones_like(result.maps), result.normalized) < 0.05).all())
