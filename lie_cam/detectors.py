@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lie_cam.gradcam import gradcam, normalize_maps, target_layer
+from lie_cam.models import read_state_dict
 
 __all__ = [
     "Detector",
@@ -62,26 +63,6 @@ ModelLike = nn.Module | str | Path
 # ---------------------------------------------------------------------------
 # Loading model files (never pickle)
 # ---------------------------------------------------------------------------
-
-
-def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle.UnpicklingError and friends
-            raise ValueError(f"refusing to load {path}: not a plain weights file (weights_only=True failed: {error})") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state_dict of tensors")
-    return state
 
 
 def vgg_from_state_dict(state: dict[str, torch.Tensor]) -> nn.Module:
@@ -115,7 +96,7 @@ def vgg_from_state_dict(state: dict[str, torch.Tensor]) -> nn.Module:
 
 def load_model_file(path: str | Path) -> nn.Module:
     """A VGG from a weights file (safetensors, or torch.load(weights_only=True))."""
-    return vgg_from_state_dict(_read_state_dict(path))
+    return vgg_from_state_dict(read_state_dict(path))
 
 
 def as_model(model: ModelLike) -> nn.Module:
@@ -180,7 +161,7 @@ def architecture_problems(model: ModelLike) -> list[str]:
     """Everything in `model` that torchvision's VGG would not have: a module of another class or
     with extra submodules, parameters or buffers, or a state_dict whose keys/shapes are not VGG's."""
     if isinstance(model, (str, Path)):
-        return _state_dict_problems(_read_state_dict(model))
+        return _state_dict_problems(read_state_dict(model))
     from lie_cam.compat import import_torchvision
 
     import_torchvision()

@@ -28,6 +28,7 @@ __all__ = [
     "load_vgg16",
     "sha256_file",
     "read_safetensors",
+    "read_state_dict",
     "try_gpu",
     "fold_batchnorm",
 ]
@@ -150,6 +151,32 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} could not be read as safetensors ({error}); {expected}") from error
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: safetensors, or a state_dict saved with torch.save and read
+    with `torch.load(weights_only=True)` (a {"state_dict": ...} wrapper is unwrapped). A file that
+    needs pickle to run code is refused, not executed."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; expected a .safetensors file or a torch.save'd state_dict")
+    if path.suffix == ".safetensors":
+        state = read_safetensors(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle.UnpicklingError and friends
+            raise ValueError(
+                f"refusing to load {path}: it is not a plain weights file (torch.load with weights_only=True "
+                f"failed: {error}). Checkpoints that need pickle can run arbitrary code; save a state_dict instead"
+            ) from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors")
+    return state
+
+
 def _load_state(model: nn.Module, state: dict, path: Path, what: str) -> nn.Module:
     try:
         model.load_state_dict(state)
@@ -207,22 +234,5 @@ def load_vgg16(checkpoint: str | Path | None = None, pretrained: bool = True) ->
                 "or use the embedded default (lie_cam.models.load_embedded())"
             ) from error
     path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise ValueError(f"checkpoint {path} is a directory; expected a .safetensors file or a torch.save'd state_dict")
-    if path.suffix == ".safetensors":
-        state = read_safetensors(path)
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle.UnpicklingError and friends
-            raise ValueError(
-                f"refusing to load {path}: it is not a plain weights file (torch.load with weights_only=True "
-                f"failed: {error}). Checkpoints that need pickle can run arbitrary code; save a state_dict instead"
-            ) from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state_dict of tensors")
+    state = read_state_dict(path)
     return _load_state(vgg16(weights=None), state, path, "torchvision VGG-16").eval()
