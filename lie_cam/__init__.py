@@ -15,11 +15,11 @@ from lie_cam.gradcam import GradCAMResult, gradcam, head_gradcam, target_layer
 
 __all__ = ["GradCAMResult", "gradcam", "head_gradcam", "target_layer", "surgery", "branches", "metrics", "data",
            "normalization", "models", "imagenet", "engine", "reproduce", "plotting", "widgets", "book", "compat",
-           "resources"]
+           "resources", "precision"]
 __version__ = "0.1.0"
 
 _SUBMODULES = {"surgery", "branches", "metrics", "data", "normalization", "models", "imagenet", "engine", "reproduce",
-               "plotting", "widgets", "book", "compat", "resources", "train", "cli"}
+               "plotting", "widgets", "book", "compat", "resources", "train", "cli", "precision"}
 
 
 def __getattr__(name: str) -> Any:
