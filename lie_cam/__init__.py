@@ -30,6 +30,7 @@ _SUBMODULES = (
     "models",
     "normalization",
     "plotting",
+    "precision",
     "reproduce",
     "resources",
     "sliders",

@@ -1,4 +1,4 @@
-"""Command line: `python -m lie_cam reproduce ...`, `explainers ...` and `train ...`."""
+"""Command line: `python -m lie_cam reproduce | explainers | detect | precision | train ...`."""
 
 from __future__ import annotations
 
@@ -57,6 +57,15 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precision(args: argparse.Namespace) -> int:
+    from lie_cam.precision import summary_markdown, write_precision
+
+    result = write_precision(args.out, limit=args.limit, progress=not args.no_progress)
+    print(summary_markdown(result["rows"]))
+    print(f"\nwrote {args.out}/precision.json in {result['seconds']:.0f}s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lie_cam", description="Make Grad-CAM lie, and measure it.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     det.add_argument("--zoo", default=None, help="zoo folder (built there if missing; default OUT/zoo)")
     det.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     det.set_defaults(run=_detect)
+    prec = commands.add_parser("precision", help="float64 to float16 (tf32, bf16, fp16): score changes predicted "
+                               "and measured, naive and safe builds, the sign failure (lie_cam.precision)")
+    prec.add_argument("--out", required=True, help="output folder (precision.json)")
+    prec.add_argument("--limit", type=int, default=64, help="the first N test scenes (default 64)")
+    prec.add_argument("--no-progress", action="store_true")
+    prec.set_defaults(run=_precision)
     train = commands.add_parser("train", help="retrain the embedded model (python -m lie_cam.train --help)",
                                 add_help=False)
     train.set_defaults(run=None)

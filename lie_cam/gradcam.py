@@ -78,11 +78,18 @@ def target_layer(model: nn.Module) -> nn.Module:
 
     Manipulated models from `lie_cam.surgery` expose it as `model.explained_layer`
     (their (K+1)-th channel is part of its output). For torchvision VGG models it is
-    the ReLU right after the last Conv2d of `model.features`.
+    the ReLU right after the last Conv2d of `model.features`. For torchvision ResNets (any
+    depth or width: `layer4` an nn.Sequential of blocks, then `avgpool` and `fc`) it is the
+    last block, whose output ReLU(F(h) + shortcut(h)) is A.
     """
     explained = getattr(model, "explained_layer", None)
     if isinstance(explained, nn.Module):
         return explained
+    stage = getattr(model, "layer4", None)
+    if isinstance(stage, nn.Sequential) and isinstance(getattr(model, "fc", None), nn.Linear):
+        if len(stage) == 0:
+            raise TypeError("expected model.layer4 (a torchvision ResNet's last stage) to hold at least one block")
+        return stage[-1]
     features = getattr(model, "features", None)
     if isinstance(features, nn.Sequential):
         modules = list(features)
@@ -97,7 +104,8 @@ def target_layer(model: nn.Module) -> nn.Module:
             )
     raise TypeError(
         f"cannot find Grad-CAM's layer in a {type(model).__name__}: expected a torchvision VGG "
-        "(a `features` nn.Sequential whose last Conv2d is followed by a ReLU) or a model from "
+        "(a `features` nn.Sequential whose last Conv2d is followed by a ReLU), a torchvision ResNet "
+        "(`layer4` and `fc`) or a model from "
         "lie_cam.surgery; pass layer=... to name the module whose output is A"
     )
 

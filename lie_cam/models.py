@@ -31,12 +31,17 @@ __all__ = [
     "read_state_dict",
     "try_gpu",
     "fold_batchnorm",
+    "RESNET_WEIGHTS",
+    "compact_resnet",
+    "load_embedded_resnet",
 ]
 
 DATA_DIR = data_dir()  # the shipped files, for editable and regular installs alike
 EMBEDDED_WEIGHTS = DATA_DIR / "compact_vgg16.safetensors"
 EMBEDDED_RECIPE = DATA_DIR / "compact_vgg16.json"
 EMBEDDED_CLASSES = 10
+RESNET_WEIGHTS = DATA_DIR / "compact_resnet.safetensors"
+RESNET_RECIPE = DATA_DIR / "compact_resnet.json"
 
 # torchvision's configuration "D" (VGG-16): channels per conv, "M" for a 2x2 max-pool.
 VGG16_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -236,3 +241,57 @@ def load_vgg16(checkpoint: str | Path | None = None, pretrained: bool = True) ->
     path = Path(checkpoint)
     state = read_state_dict(path)
     return _load_state(vgg16(weights=None), state, path, "torchvision VGG-16").eval()
+
+
+def compact_resnet(width: int = 16, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = EMBEDDED_CLASSES) -> nn.Module:
+    """A torchvision `ResNet` of BasicBlocks (ResNet-18's layout for layers=(2, 2, 2, 2)) whose stages
+    have width, 2 width, 4 width, 8 width channels instead of 64..512 (width=16: 1/4 of ResNet-18).
+    Stem: 7x7 conv stride 2, BN, ReLU, 3x3 max-pool stride 2; head: global average pool, Linear.
+    Initialised as torchvision initialises its ResNets (Kaiming normal convs, BN weight 1, bias 0)."""
+    import_torchvision()
+    from torchvision.models.resnet import BasicBlock, ResNet, conv1x1
+
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive int (channels of the first stage), got {width!r}")
+    if len(layers) != 4 or not all(isinstance(n, int) and n >= 1 for n in layers):
+        raise ValueError(f"layers must be four positive ints (blocks per stage), got {layers!r}")
+    model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)  # the class and its forward; stages replaced
+    model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    inplanes = width
+    for stage, blocks in enumerate(layers):
+        planes, stride = width * 2**stage, 1 if stage == 0 else 2
+        downsample = None
+        if stride != 1 or inplanes != planes:
+            downsample = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
+        stage_blocks = [BasicBlock(inplanes, planes, stride, downsample)]
+        stage_blocks += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+        setattr(model, f"layer{stage + 1}", nn.Sequential(*stage_blocks))
+        inplanes = planes
+    model.fc = nn.Linear(inplanes, num_classes)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+def load_embedded_resnet(path: str | Path | None = None, verify: bool = True) -> nn.Module:
+    """The compact ResNet trained on `lie_cam.data.synthetic` (`python -m lie_cam.train --arch resnet`),
+    in eval mode, from safetensors, checked against the sha256 of the recipe beside it."""
+    path = Path(path) if path is not None else RESNET_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"no compact ResNet at {path}: it ships with the package (lie_cam.data_files); "
+                                "retrain with `python -m lie_cam.train --arch resnet`")
+    recipe = path.with_suffix(".json")
+    if not recipe.is_file():
+        raise FileNotFoundError(f"{recipe} (the recipe and sha256 written beside the weights) is missing")
+    meta = json.loads(recipe.read_text())
+    if verify and sha256_file(path) != meta.get("sha256"):
+        raise ValueError(f"{path} does not match the sha256 recorded in {recipe.name}: the file was changed or corrupted")
+    arch = dict(meta["architecture"])
+    arch.pop("arch", None)
+    model = compact_resnet(**{k: tuple(v) if k == "layers" else v for k, v in arch.items()})
+    return _load_state(model, read_safetensors(path), path, f"compact ResNet {arch}").eval()

@@ -1,4 +1,4 @@
-"""Train the embedded compact VGG-16 on the synthetic scenes: `python -m lie_cam.train`.
+"""Train the embedded compact VGG-16 (or ResNet) on the synthetic scenes: `python -m lie_cam.train`.
 
 Recipe (defaults): 12,000 training scenes (seeds 0..11,999) rendered once, random
 flips and quarter turns, AdamW (lr 1e-3, weight decay 1e-4, batch 64) with a linear
@@ -10,6 +10,11 @@ batch norm, like torchvision's VGG-16. The best validation checkpoint (500 val s
 is kept. Writes
 `data/compact_vgg16.safetensors` and `data/compact_vgg16.json` (recipe, sha256 and
 test-split accuracy / Grad-CAM localisation).
+
+`--arch resnet` trains `lie_cam.models.compact_resnet` (ResNet-18's layout, stages of 16-128
+channels) with the same data, augmentation, optimiser and schedule; a ResNet keeps its batch
+norm (eval statistics), as torchvision's do. Writes `data/compact_resnet.safetensors` and
+`data/compact_resnet.json`.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from torch.nn import functional as F
 from lie_cam import data as synth
 from lie_cam.gradcam import gradcam
 from lie_cam.metrics import mass_in_mask, pointing_hits, top1_correct
-from lie_cam.models import EMBEDDED_RECIPE, EMBEDDED_WEIGHTS, compact_vgg16, fold_batchnorm, sha256_file
+from lie_cam.models import (EMBEDDED_RECIPE, EMBEDDED_WEIGHTS, RESNET_WEIGHTS, compact_resnet, compact_vgg16,
+                             fold_batchnorm, sha256_file)
 
 __all__ = ["render_parallel", "train_step", "evaluate_embedded", "train", "main"]
 
@@ -116,19 +122,37 @@ def train(
     device: str | None = None,
     max_steps: int | None = None,
     init: Path | None = None,
+    arch: str = "vgg",
+    resnet_width: int = 16,
+    resnet_layers: tuple[int, ...] = (2, 2, 2, 2),
+    workers: int | None = None,
 ) -> dict:
     """Train and save the embedded model; returns the recipe written beside it.
 
-    init: start from a saved (folded, batch-norm free) model instead of from scratch.
+    init: start from a saved model instead of from scratch (a folded, batch-norm free VGG, or a compact ResNet).
+    arch: "vgg" (the embedded compact VGG-16) or "resnet" (`compact_resnet(resnet_width, resnet_layers)`).
     """
+    if arch not in ("vgg", "resnet"):
+        raise ValueError(f"arch must be 'vgg' or 'resnet', got {arch!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     started = time.time()
-    images, labels, _ = render_parallel(train_size, synth.SPLITS["train"], workers=min(4, os.cpu_count() or 1))
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    images, labels, _ = render_parallel(train_size, synth.SPLITS["train"], workers=workers)
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
     print(f"rendered {train_size} scenes in {time.time() - started:.0f}s", flush=True)
-    architecture = {"width": width, "num_classes": len(synth.CLASS_NAMES), "hidden": hidden, "dropout": dropout}
-    if init is None:
+    if arch == "resnet":
+        architecture = {"arch": "resnet", "width": resnet_width, "layers": list(resnet_layers),
+                        "num_classes": len(synth.CLASS_NAMES)}
+        if init is None:
+            model = compact_resnet(resnet_width, tuple(resnet_layers), len(synth.CLASS_NAMES))
+        else:
+            from lie_cam.models import load_embedded_resnet
+
+            model = load_embedded_resnet(init, verify=False)
+            architecture.update(width=model.conv1.out_channels, layers=[len(getattr(model, f"layer{i}")) for i in range(1, 5)])
+    elif init is None:
+        architecture = {"width": width, "num_classes": len(synth.CLASS_NAMES), "hidden": hidden, "dropout": dropout}
         model = compact_vgg16(**architecture, batch_norm=True)
         for layer in model.classifier:  # PyTorch's default init: torchvision's N(0, 0.01) starts too small here
             if isinstance(layer, torch.nn.Linear):
@@ -136,6 +160,7 @@ def train(
     else:
         from lie_cam.models import load_embedded
 
+        architecture = {"width": width, "num_classes": len(synth.CLASS_NAMES), "hidden": hidden, "dropout": dropout}
         model = load_embedded(init, verify=False)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -174,7 +199,7 @@ def train(
             break
     model.load_state_dict(best_state)
     model = model.to(memory_format=torch.contiguous_format)
-    if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+    if arch == "vgg" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
         model = fold_batchnorm(model)
     train_seconds = time.time() - started
     test = evaluate_embedded(model, n=test_size, device=device)
@@ -188,15 +213,20 @@ def train(
         "training": {"train_size": train_size, "train_seeds": [synth.SPLITS["train"], synth.SPLITS["train"] + train_size],
                      "epochs": epochs, "batch_size": batch_size, "optimizer": "AdamW", "lr": lr,
                      "weight_decay": weight_decay, "warmup_steps": warmup, "schedule": "linear warm-up, cosine decay",
-                     "batch_norm": "trained with BatchNorm2d after every conv, folded into the convs before saving",
+                     "batch_norm": ("trained with BatchNorm2d after every conv, folded into the convs before saving"
+                                    if arch == "vgg" else "torchvision's BatchNorm2d, kept (eval statistics)"),
                      "augmentation": "random horizontal flip, random quarter turn", "seed": seed, "device": device,
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": step,
                      "seconds": round(train_seconds), "best_val_accuracy": best, "log": log,
                      "init": None if init is None else str(init)},
         "test": test,
         "sha256": sha256_file(out),
-        "command": "python -m lie_cam.train",
+        "command": "python -m lie_cam.train" + ("" if arch == "vgg" else
+                                                  f" --arch resnet --train-size {train_size} --epochs {epochs}"
+                                                  f" --lr {lr}" + ("" if init is None else f" --init {init}")),
     }
+    if init is not None and Path(init).with_suffix(".json").is_file():  # the first stage, for reproducibility
+        recipe["training"]["init_recipe"] = json.loads(Path(init).with_suffix(".json").read_text())
     if out.resolve() == EMBEDDED_WEIGHTS.resolve():
         EMBEDDED_RECIPE.write_text(json.dumps(recipe, indent=2) + "\n")
     else:
@@ -207,7 +237,11 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=EMBEDDED_WEIGHTS)
+    parser.add_argument("--arch", choices=["vgg", "resnet"], default="vgg",
+                        help="vgg: the embedded compact VGG-16; resnet: lie_cam.models.compact_resnet")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="weights file (default data/compact_vgg16.safetensors or data/compact_resnet.safetensors)")
+    parser.add_argument("--workers", type=int, default=None, help="processes rendering the training scenes")
     parser.add_argument("--train-size", type=int, default=12_000)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -226,8 +260,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.evaluate_only:
         print(json.dumps(reevaluate_shipped(args.test_size), indent=2))
         return
-    train(out=args.out, train_size=args.train_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-          seed=args.seed, device=args.device, max_steps=args.max_steps, test_size=args.test_size, init=args.init)
+    out = args.out or (RESNET_WEIGHTS if args.arch == "resnet" else EMBEDDED_WEIGHTS)
+    train(out=out, train_size=args.train_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+          seed=args.seed, device=args.device, max_steps=args.max_steps, test_size=args.test_size, init=args.init,
+          arch=args.arch, workers=args.workers)
 
 
 if __name__ == "__main__":
