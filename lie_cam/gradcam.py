@@ -78,7 +78,7 @@ def target_layer(model: nn.Module) -> nn.Module:
 
     Manipulated models from `lie_cam.surgery` expose it as `model.explained_layer`
     (their (K+1)-th channel is part of its output). For torchvision VGG models it is
-    the ReLU right after the last Conv2d of `model.features`. For torchvision ResNets (any
+    the ReLU right after the last Conv2d of `model.features` (and its BatchNorm2d in vgg*_bn). For torchvision ResNets (any
     depth or width: `layer4` an nn.Sequential of blocks, then `avgpool` and `fc`) it is the
     last block, whose output ReLU(F(h) + shortcut(h)) is A.
     """
@@ -95,12 +95,14 @@ def target_layer(model: nn.Module) -> nn.Module:
         modules = list(features)
         conv_positions = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d)]
         if conv_positions:
-            last = conv_positions[-1]
-            if last + 1 < len(modules) and isinstance(modules[last + 1], nn.ReLU):
-                return modules[last + 1]
+            after = conv_positions[-1] + 1
+            while after < len(modules) and isinstance(modules[after], nn.BatchNorm2d):  # vgg*_bn
+                after += 1
+            if after < len(modules) and isinstance(modules[after], nn.ReLU):
+                return modules[after]
             raise TypeError(
-                "expected the last Conv2d of model.features to be followed by a ReLU "
-                f"(torchvision VGG layout), found {type(modules[last + 1]).__name__ if last + 1 < len(modules) else 'nothing'}"
+                "expected the last Conv2d of model.features to be followed by a ReLU (after a BatchNorm2d in "
+                f"vgg*_bn; torchvision VGG layout), found {type(modules[after]).__name__ if after < len(modules) else 'nothing'}"
             )
     raise TypeError(
         f"cannot find Grad-CAM's layer in a {type(model).__name__}: expected a torchvision VGG "

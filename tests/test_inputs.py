@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conftest import random_input, small_vgg
-from lie_cam import gradcam, surgery
+from lie_cam import gradcam, surgery, target_layer
 from lie_cam.data import smiley, smiley_target
 from lie_cam.gradcam import head_gradcam
 from lie_cam.metrics import score_change
@@ -199,3 +199,11 @@ def test_head_gradcam_is_gradcam_from_a():
     from_a = head_gradcam(t3.head, a)
     assert torch.equal(whole.classes, from_a.classes)
     assert torch.allclose(whole.maps, from_a.maps, rtol=1e-12, atol=0)
+
+
+def test_target_layer_of_a_batchnorm_vgg_is_the_relu_after_its_last_batchnorm():
+    model = _vgg_bn().eval()
+    layer = target_layer(model)
+    assert layer is model.features[-2] and isinstance(layer, nn.ReLU)
+    assert isinstance(model.features[-3], nn.BatchNorm2d)
+    assert gradcam(model, random_input(1, 0, torch.float64)).maps.shape == (1, 14, 14)
