@@ -13,7 +13,7 @@ PIP := $(PYTHON) -m pip install --quiet --constraint constraints.txt
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: setup book test unit notebooks reproduce bench train clean book-check browser-deps
+.PHONY: setup book test unit notebooks reproduce bench train clean book-check browser-deps notebooks-sync
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ browser-deps: setup
 book-check: browser-deps _build/.book-built
 	$(PYTHON) tests/browser/check_book.py _build/html --screenshots _build/screenshots --json _build/book-check.json \
 	  $(if $(wildcard _build/mathjax/es5/tex-mml-chtml.js),--mathjax _build/mathjax)
+
+# Regenerate every chapter's Colab install cell and metadata from _config.yml's repository.url.
+notebooks-sync: setup
+	$(PYTHON) tools/colab_cells.py
 
 unit: setup
 	$(PYTHON) -m pytest -p no:cacheprovider tests
