@@ -14,12 +14,12 @@ from typing import Any
 from lie_cam.gradcam import GradCAMResult, gradcam, head_gradcam, target_layer
 
 __all__ = ["GradCAMResult", "gradcam", "head_gradcam", "target_layer", "surgery", "branches", "metrics", "data",
-           "normalization", "models", "imagenet", "engine", "reproduce", "plotting", "widgets", "book", "compat",
-           "resources"]
+           "normalization", "models", "imagenet", "engine", "reproduce", "report", "distributed", "plotting", "widgets", "book",
+           "compat", "resources"]
 __version__ = "0.1.0"
 
 _SUBMODULES = {"surgery", "branches", "metrics", "data", "normalization", "models", "imagenet", "engine", "reproduce",
-               "plotting", "widgets", "book", "compat", "resources", "train", "cli"}
+               "report", "distributed", "plotting", "widgets", "book", "compat", "resources", "train", "cli"}
 
 
 def __getattr__(name: str) -> Any:

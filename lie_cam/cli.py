@@ -1,65 +1,178 @@
-"""Command line: `python -m lie_cam reproduce ...` and `python -m lie_cam train ...`."""
+"""Command line: `python -m lie_cam reproduce ...` and `python -m lie_cam train ...`.
+
+Each command is one `_add_<command>(commands)` function that declares its arguments and sets
+`run` to the function doing the work; `COMMANDS` lists them. Everything a command is given is
+checked before any work, with the shared helpers below (`positive_int`, `non_negative_int`,
+`check_device`, `check_output_dir`); every error is one line on stderr and exit code 2.
+
+Several processes: `torchrun --standalone --nproc-per-node N -m lie_cam reproduce ...`
+(see `lie_cam.distributed`); rank 0 prints and writes, every process evaluates its shard.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable, NoReturn
 
-__all__ = ["main"]
+__all__ = ["main", "COMMANDS", "positive_int", "non_negative_int", "check_device", "UsageError"]
+
+EXIT_USAGE = 2
 
 
-def _reproduce(args: argparse.Namespace) -> int:
+class UsageError(Exception):
+    """A command line that cannot run: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every error as one line (no usage block) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+def _one_line(message: object) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _bounded_int(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _bounded_int(text, 0, "an integer >= 0")
+
+
+def _bounded_int(text: str, lowest: int, expected: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+    return value
+
+
+def check_device(requested: str | None):
+    """The torch.device to run on (under torchrun: this process's GPU), or UsageError when the
+    name is not a device or the device is not here."""
     import torch
 
-    from lie_cam.reproduce import run_reproduction
+    from lie_cam.distributed import device_for
 
-    dtypes = {"float32": torch.float32, "float64": torch.float64}
-    autocast = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    result = run_reproduction(profile=args.profile, data=args.data, limit=args.limit, device=args.device,
-                              dtype=dtypes[args.dtype], out=args.out, batch_size=args.batch_size,
-                              checkpoint=args.checkpoint, autocast_dtype=autocast[args.autocast], tf32=args.tf32,
-                              workers=args.workers, progress=not args.no_progress)
-    print(result.table1_markdown())
-    print()
-    print(result.table2_markdown())
-    print(f"\nwrote {args.out} in {result.seconds:.0f}s")
-    return 0
+    if requested is not None:
+        try:
+            kind = torch.device(requested)
+        except RuntimeError:
+            raise UsageError(f"--device {requested!r} is not a device: expected cpu, cuda or cuda:N") from None
+        if kind.type not in ("cpu", "cuda"):
+            raise UsageError(f"--device {requested}: expected cpu, cuda or cuda:N")
+        if kind.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {requested}: CUDA is not available on this machine "
+                             "(no GPU, or a CPU build of torch); use --device cpu")
+    try:
+        device = device_for(requested)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lie_cam", description="Make Grad-CAM lie, and measure it.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    rep = commands.add_parser("reproduce", help="Tables 1-2 and Figures 1 and 3 of the paper")
+# ---------------------------------------------------------------------------
+# reproduce
+# ---------------------------------------------------------------------------
+
+
+def _add_reproduce(commands: argparse._SubParsersAction) -> None:
+    rep = commands.add_parser("reproduce", help="Tables 1-2 and Figures 1 and 3 of the paper",
+                              description="Tables 1-2 and Figures 1 and 3 of the paper. On several processes: "
+                                          "torchrun --standalone --nproc-per-node N -m lie_cam reproduce ...")
     rep.add_argument("--profile", choices=["embedded", "imagenette", "imagenet"], default="embedded")
-    rep.add_argument("--data", default=None, help="dataset folder (imagenet: required; imagenette: download root)")
-    rep.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
+    rep.add_argument("--data", default=None,
+                     help="dataset folder (imagenet: required; imagenette: download root; embedded: not used)")
+    rep.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images")
     rep.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
     rep.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     rep.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none",
                      help="reduced-precision trunk; the manipulations' large constants stay in float32/64")
     rep.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (off by default for fidelity)")
-    rep.add_argument("--batch-size", type=int, default=50)
-    rep.add_argument("--workers", type=int, default=None, help="DataLoader workers for image folders")
-    rep.add_argument("--checkpoint", default=None, help="a weights file (state_dict; loaded with weights_only=True)")
+    rep.add_argument("--batch-size", type=positive_int, default=50)
+    rep.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers")
+    rep.add_argument("--checkpoint", default=None, help="a weights file (safetensors, or a state_dict loaded "
+                                                        "with weights_only=True)")
     rep.add_argument("--no-progress", action="store_true")
     rep.add_argument("--out", required=True, help="output folder")
     rep.set_defaults(run=_reproduce)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import torch
+
+    from lie_cam import distributed
+    from lie_cam.report import check_output_dir
+    from lie_cam.reproduce import check_settings, run_reproduction
+
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    autocast = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    check_settings(args.profile, args.limit, args.batch_size, dtypes[args.dtype], args.workers, args.data)
+    device = check_device(args.device)
+    check_output_dir(args.out)
+    group = distributed.init(device)
+    try:
+        result = run_reproduction(profile=args.profile, data=args.data, limit=args.limit, device=device,
+                                  dtype=dtypes[args.dtype], out=args.out, batch_size=args.batch_size,
+                                  checkpoint=args.checkpoint, autocast_dtype=autocast[args.autocast], tf32=args.tf32,
+                                  workers=args.workers, progress=not args.no_progress)
+    finally:
+        distributed.close()
+    if group.is_main:
+        print(result.table1_markdown())
+        print()
+        print(result.table2_markdown())
+        ranks = f" on {group.world_size} processes" if group.world_size > 1 else ""
+        print(f"\nwrote {args.out} in {result.seconds:.0f}s{ranks}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="retrain the embedded model (python -m lie_cam.train --help)",
                                 add_help=False)
-    train.set_defaults(run=None)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "train":
-        from lie_cam.train import main as train_main
+    train.set_defaults(run=_train, forward_rest=True)
 
-        train_main(rest)
-        return 0
-    if rest:
+
+def _train(args: argparse.Namespace) -> int:
+    from lie_cam.train import main as train_main
+
+    train_main(args.rest)
+    return 0
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_reproduce, _add_train)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="python -m lie_cam", description="Make Grad-CAM lie, and measure it.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(commands)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "forward_rest", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     try:
         return args.run(args)
-    except (FileNotFoundError, RuntimeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (UsageError, OSError, RuntimeError, ValueError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":
