@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from lie_cam.normalization import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["RandomBranch", "StickerDetector", "SingleOutputConv2d", "check_sticker"]
+__all__ = ["RandomBranch", "CellMean", "StickerDetector", "SingleOutputConv2d", "check_sticker"]
 
 
 def _average_pools(count: int) -> list[nn.Module]:
@@ -34,6 +34,21 @@ class SingleOutputConv2d(nn.Conv2d):
         out = F.conv2d(x, depthwise, None, self.stride, self.padding, self.dilation, groups=self.in_channels)
         out = out.sum(dim=1, keepdim=True)
         return out if self.bias is None else out + self.bias.reshape(1, 1, 1, 1)
+
+
+class CellMean(nn.Module):
+    """The mean over non-overlapping k x k cells, channel by channel (= nn.AvgPool2d(k), and = k/2^j
+    of them chained for k = 2^j), computed as a depthwise convolution with weights 1/k^2: the
+    same sums, which CPU backends run several times faster than their average pool on 3 channels."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = int(k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        weight = torch.full((channels, 1, self.k, self.k), 1.0 / self.k**2, dtype=x.dtype, device=x.device)
+        return F.conv2d(x, weight, stride=self.k, groups=channels)
 
 
 class RandomBranch(nn.Module):
@@ -60,7 +75,7 @@ class RandomBranch(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.layers = nn.Sequential(
-                *_average_pools(downsample),
+                *([CellMean(2**downsample)] if downsample else []),  # avgpool^d in one pass
                 nn.Conv2d(3, 6, kernel_size=6, padding=3),
                 nn.ReLU(inplace=True),  # in place: 6 x 225 x 225 per image (d = 0) is worth not copying
                 SingleOutputConv2d(6, 1, kernel_size=6, padding=3),

@@ -120,7 +120,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     autocast = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     check_settings(args.profile, args.limit, args.batch_size, dtypes[args.dtype], args.workers, args.data)
     device = check_device(args.device)
-    check_output_dir(args.out)
+    if distributed.rank_from_environment() == 0:  # only rank 0 writes
+        check_output_dir(args.out)
     group = distributed.init(device)
     try:
         result = run_reproduction(profile=args.profile, data=args.data, limit=args.limit, device=device,

@@ -19,13 +19,14 @@ Nothing here starts a process group by itself except `init`.
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Group", "launched", "init", "current", "shard", "device_for", "all_reduce", "all_gather_counts",
+__all__ = ["Group", "launched", "rank_from_environment", "init", "current", "shard", "device_for", "all_reduce", "all_gather_counts",
            "gather_values", "close"]
 
 
@@ -57,6 +58,11 @@ def _environment_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"the environment variable {name}={value!r} must be an integer (torchrun sets it)") from None
+
+
+def rank_from_environment() -> int:
+    """This process's RANK as the launcher set it (0 without a launcher), before any group exists."""
+    return _environment_int("RANK", 0)
 
 
 def launched() -> bool:
@@ -92,7 +98,9 @@ def init(device: torch.device, timeout_s: float = 1800.0) -> Group:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    # device_id (torch >= 2.3) binds the NCCL communicator to this process's GPU at once
+    accepts_device = "device_id" in inspect.signature(dist.init_process_group).parameters
+    kwargs = {"device_id": device} if device.type == "cuda" and accepts_device else {}
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     return current()
 

@@ -7,8 +7,8 @@ first K filters of that layer are the original ones. So per batch the engine run
 and per network only the rest, which the manipulated model computes itself:
     A = network.activations_from(h, x, original_pre=pre)     (the (K+1)-th channel, T2's image
     or T3/T4's branch), then Grad-CAM from A with a backward through the head only
-    (`lie_cam.gradcam.head_gradcam`). `run_pair` evaluates two batches (clean and stickered
-images) in one trunk pass, each network on the batches it is asked for.
+    (`lie_cam.gradcam.head_gradcam`). `run_split` evaluates two batches held in one tensor (clean
+and stickered images) in one trunk pass, each network on the part it is asked for.
 Results equal evaluating each network on its own with `lie_cam.gradcam` (tests pin this).
 
 Networks the engine cannot share a trunk with are evaluated on their own with a full
@@ -153,34 +153,26 @@ class Evaluator:
         names = self._check(x, names)
         return self._evaluate(x, {name: slice(None) for name in names}, target)
 
-    def run_pair(self, first: torch.Tensor, second: torch.Tensor, first_names: Iterable[str] | None = None,
-                 second_names: Iterable[str] | None = None) -> tuple[dict[str, GradCAMResult], dict[str, GradCAMResult]]:
-        """`run(first, first_names)` and `run(second, second_names)` from one trunk pass over both
-        batches (the reproduction's clean and stickered images); a network asked for on both
-        evaluates its head once on the two together. Same results as two `run` calls."""
-        first_names = self._check(first, first_names)
-        second_names = self._check(second, second_names)
-        if first.shape[1:] != second.shape[1:]:
-            raise ValueError(f"the two batches must have images of one shape, got {tuple(first.shape)} "
-                             f"and {tuple(second.shape)}")
-        b = first.shape[0]
-        both = torch.cat([first, second])
-        if first.is_contiguous(memory_format=torch.channels_last):
-            both = both.contiguous(memory_format=torch.channels_last)
+    def run_split(self, x: torch.Tensor, split: int, first_names: Iterable[str] | None = None,
+                  second_names: Iterable[str] | None = None) -> tuple[dict[str, GradCAMResult], dict[str, GradCAMResult]]:
+        """`run(x[:split], first_names)` and `run(x[split:], second_names)` from one trunk pass over x
+        (the reproduction's clean and stickered images, one batch after the other); a network asked
+        for on both parts evaluates its head once on all of x. Same results as two `run` calls."""
+        first_names = self._check(x, first_names)
+        second_names = self._check(x, second_names)
+        if isinstance(split, bool) or not isinstance(split, int) or not 0 < split < x.shape[0]:
+            raise ValueError(f"split must be an int in (0, {x.shape[0]}) for a batch of {x.shape[0]}, got {split!r}")
         rows: dict[str, slice] = {}
         for name in self.names:
             in_first, in_second = name in first_names, name in second_names
             if in_first or in_second:
-                rows[name] = slice(None) if in_first and in_second else slice(0, b) if in_first else slice(b, None)
-        results = self._evaluate(both, rows, None)
-        out_first, out_second = {}, {}
-        for name in first_names:
-            result = results[name]
-            out_first[name] = _slice(result, slice(0, b)) if rows[name] == slice(None) else result
-        for name in second_names:
-            result = results[name]
-            out_second[name] = _slice(result, slice(b, None)) if rows[name] == slice(None) else result
-        return out_first, out_second
+                rows[name] = slice(None) if in_first and in_second else slice(0, split) if in_first else slice(split, None)
+        results = self._evaluate(x, rows, None)
+        parts = []
+        for names, part in ((first_names, slice(0, split)), (second_names, slice(split, None))):
+            parts.append({name: _slice(results[name], part) if rows[name] == slice(None) else results[name]
+                          for name in names})
+        return parts[0], parts[1]
 
     def _evaluate(self, x: torch.Tensor, rows: dict[str, slice], target) -> dict[str, GradCAMResult]:
         """Each network in `rows` (in that order) on its rows x[rows[name]]."""

@@ -49,29 +49,37 @@ STICKER_SEED = 1_000_003  # sticker positions of image i are drawn from STICKER_
 EMBEDDED_DEFAULT_N = 2000
 
 
+def _readable(getter):
+    """getter(), or None where torch refuses to answer (it does after a mix of its TF32 APIs)."""
+    try:
+        return getter()
+    except RuntimeError:
+        return None
+
+
 @contextlib.contextmanager
 def tf32_scope(enabled: bool) -> Iterator[None]:
     """Allow TF32 in CUDA matmuls and convolutions only if `enabled`, inside the block; the
     process's previous settings come back on exit (also on an exception). Off by default in
     the reproduction: TF32 would change the scores in the third decimal."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    try:  # the legacy flags, which most users set
-        saved = {"legacy": (matmul.allow_tf32, cudnn.allow_tf32)}
-    except RuntimeError:  # torch refuses to read them after a mix of its legacy and new APIs
-        saved = {"new": (matmul.fp32_precision, cudnn.conv.fp32_precision)}
-    precision = torch.get_float32_matmul_precision()
+    legacy = _readable(lambda: (matmul.allow_tf32, cudnn.allow_tf32))  # the flags most users set
+    new = None if legacy is not None else (matmul.fp32_precision, cudnn.conv.fp32_precision)
+    precision = _readable(torch.get_float32_matmul_precision)
     try:
-        if "legacy" in saved:
+        if legacy is not None:
             matmul.allow_tf32 = cudnn.allow_tf32 = bool(enabled)
         else:
             matmul.fp32_precision = cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
         yield
     finally:
-        if "legacy" in saved:
-            matmul.allow_tf32, cudnn.allow_tf32 = saved["legacy"]
+        if legacy is not None:
+            matmul.allow_tf32, cudnn.allow_tf32 = legacy
         else:
-            matmul.fp32_precision, cudnn.conv.fp32_precision = saved["new"]
-        torch.set_float32_matmul_precision(precision)
+            matmul.fp32_precision, cudnn.conv.fp32_precision = new
+        # allow_tf32 sets the matmul precision to "high"/"highest"; put back another value ("medium")
+        if precision is not None and _readable(torch.get_float32_matmul_precision) != precision:
+            torch.set_float32_matmul_precision(precision)
 
 
 class TableTally:
@@ -253,9 +261,9 @@ def run_reproduction(
     check_settings(profile, limit, batch_size, dtype, workers, data)
     if model is not None and checkpoint is not None:
         raise ValueError("give a checkpoint or a loaded model, not both")
-    if out is not None:
-        check_output_dir(out)
     group = distributed.current()
+    if out is not None and group.is_main:  # only rank 0 writes
+        check_output_dir(out)
     device = torch.device(device) if device is not None else distributed.device_for(None)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device} was asked for but CUDA is not available here: use device='cpu'")
@@ -277,11 +285,15 @@ def run_reproduction(
 
             batches = tqdm(batches, total=-(-len(indices) // batch_size), desc=f"reproduce {profile}", unit="batch")
         for x, labels, masks, start in batches:
-            x = x.to(device=device, dtype=dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            x = x.to(device=device, dtype=dtype, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             masks = masks.to(device, non_blocking=True) if masks is not None else None
-            x_sticker, _ = paste_stickers(x, [STICKER_SEED + start + i for i in range(x.shape[0])])
-            results, sticker_results = evaluator.run_pair(x, x_sticker, second_names=["original", "T4"])
+            b = x.shape[0]
+            x_sticker, _ = paste_stickers(x, [STICKER_SEED + start + i for i in range(b)])
+            both = torch.empty((2 * b, *x.shape[1:]), dtype=dtype, device=device, memory_format=torch.channels_last)
+            both[:b], both[b:] = x, x_sticker  # clean, then stickered: one trunk pass over both
+            x, x_sticker = both[:b], both[b:]
+            results, sticker_results = evaluator.run_split(both, b, second_names=["original", "T4"])
             for kind, batch, batch_results in (("clean", x, results), ("sticker", x_sticker, sticker_results)):
                 honest = batch_results["original"]
                 for name, result in batch_results.items():

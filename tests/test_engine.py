@@ -28,7 +28,7 @@ def test_engine_equals_each_network_on_its_own(seed, dtype):
     stickered = paste_stickers(x, seeds=[1, 2, 3, 4])[0]
     evaluator = Evaluator(model, nets)
     assert evaluator.shared == ["T1", "T2", "T3", "T4"] and evaluator.alone == []
-    clean_pair, sticker_pair = evaluator.run_pair(x, stickered, second_names=["original", "T4"])
+    clean_pair, sticker_pair = evaluator.run_split(torch.cat([x, stickered]), 4, second_names=["original", "T4"])
     assert list(sticker_pair) == ["original", "T4"]
     for batch, pair in ((x, clean_pair), (stickered, sticker_pair)):
         shared = evaluator.run(batch)
@@ -87,7 +87,7 @@ def test_networks_without_activations_from_are_evaluated_on_their_own():
     assert evaluator.shared == ["T1"] and evaluator.alone == ["T4", "plain"]
     x = random_input(2, 3).clamp(-2, 2)
     stickered = paste_stickers(x, seeds=[5, 6])[0]
-    clean, sticker = evaluator.run_pair(x, stickered, second_names=["original", "T4"])
+    clean, sticker = evaluator.run_split(torch.cat([x, stickered]), 2, second_names=["original", "T4"])
     for batch, results in ((x, clean), (stickered, sticker)):
         reference = evaluate_separately(model, nets, batch, names=list(results))
         for name in results:

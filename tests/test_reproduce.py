@@ -105,14 +105,15 @@ def test_tf32_flags_are_scoped(monkeypatch):
     """TF32 is off inside the run (unless asked for) and the process's own settings come back after."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     before = (matmul.allow_tf32, cudnn.allow_tf32)
+    precision = torch.get_float32_matmul_precision()
     seen = []
-    real = lie_cam.engine.Evaluator.run_pair
+    real = lie_cam.engine.Evaluator.run_split
 
     def spy(self, *args, **kwargs):
         seen.append((matmul.allow_tf32, cudnn.allow_tf32))
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(lie_cam.engine.Evaluator, "run_pair", spy)
+    monkeypatch.setattr(lie_cam.engine.Evaluator, "run_split", spy)
     try:
         matmul.allow_tf32, cudnn.allow_tf32 = True, False
         run_reproduction(profile="embedded", limit=2, batch_size=2, device="cpu", progress=False, workers=0)
@@ -125,3 +126,4 @@ def test_tf32_flags_are_scoped(monkeypatch):
         assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, False)
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = before
+    assert torch.get_float32_matmul_precision() == precision  # readable: no mix of torch's two TF32 APIs
