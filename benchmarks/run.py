@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -60,13 +59,15 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of `repeats` calls after one warm-up call."""
+    """Shortest wall time of `repeats` calls after one warm-up call."""
     return timed_together({"fn": fn}, device, repeats)["fn"]
 
 
 def timed_together(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median wall time of each function, the functions run in turn (round-robin) after one
-    warm-up each, so that a slow patch of the machine hits all of them alike."""
+    """The shortest wall time of each function over `repeats` rounds, the functions run in turn
+    (round-robin) after one warm-up each, so that a slow patch of the machine hits all of them
+    alike. The minimum, not the median: other work on a shared machine only ever adds time, and
+    a burst of it during one function's rounds moves a median of 5 by a factor of two."""
     for fn in fns.values():
         fn()
     _sync(device)
@@ -77,7 +78,7 @@ def timed_together(fns: dict[str, Callable[[], object]], device: torch.device, r
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: min(values) for name, values in times.items()}
 
 
 def naive_gradcam(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -209,6 +210,17 @@ def bench_loader(n: int, workers: int) -> dict:
     return out
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def vgg16_random() -> torch.nn.Module:
     """torchvision's VGG-16 at full width with seeded random weights, in eval mode."""
     import_torchvision()
@@ -254,7 +266,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict:
     x = synthetic_split("test", args.images)[0].to(device).contiguous(memory_format=torch.channels_last)
     report: dict = {
         "model": model_name,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(), "images": args.images, "batch_size": args.batch_size,
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": " ".join(sys.argv),
