@@ -245,9 +245,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full-vgg16-batch-size", type=int, default=16,
                         help="clean images per batch; the trunk sees twice as many (clean + stickered)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's). On a loaded shared machine use 1: with more, each of "
+                             "the table's many small parallel ops waits until all its threads are scheduled")
     parser.add_argument("--table-only", action="store_true",
                         help="only the table against a plain forward (e.g. full VGG-16 on a CPU)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     with tf32_scope(False):  # float32 means float32: TF32 off on CUDA
         report = measure(args, device)
