@@ -131,3 +131,23 @@ def test_bf16_autocast_keeps_every_manipulation():
         for r, c in image_corners:
             assert lie.normalized[i, (r + 7) // 16, (c + 7) // 16] >= 0.99
     assert exact["original"].logits.dtype == low["original"].logits.dtype == torch.float32
+
+
+def test_t3_branch_at_lower_resolution_keeps_the_paper_weights():
+    """RandomBranch(downsample=d) runs the paper's two seeded 6x6 convolutions on the input averaged
+    over 2^d x 2^d cells (d = 0: the paper's F at 225 x 225); every d gives a 14 x 14 map F >= 0."""
+    from lie_cam.branches import CellMean, RandomBranch
+
+    x = random_input(2, 7)
+    assert torch.allclose(CellMean(4)(x), nn.AvgPool2d(2)(nn.AvgPool2d(2)(x)), atol=1e-6)
+    paper, cheap = RandomBranch(seed=5, downsample=0), RandomBranch(seed=5)
+    paper_convs = [m for m in paper.layers if isinstance(m, nn.Conv2d)]
+    cheap_convs = [m for m in cheap.layers if isinstance(m, nn.Conv2d)]
+    assert all(torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias) for a, b in zip(paper_convs, cheap_convs))
+    assert paper.layers[:2](x).shape[-2:] == (225, 225)  # the paper's first convolution at full resolution
+    for branch in (paper, cheap, RandomBranch(seed=5, downsample=1)):
+        with torch.no_grad():
+            f = branch(x)
+        assert f.shape == (2, 14, 14) and bool((f >= 0).all()) and bool((f.flatten(1).amax(1) > 0).all())
+    with pytest.raises(ValueError, match="downsample"):
+        RandomBranch(downsample=5)
