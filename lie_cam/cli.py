@@ -1,47 +1,154 @@
-"""Command line: `python -m lie_cam reproduce | explainers | detect | precision | train ...`."""
+"""Command line: `python -m lie_cam reproduce | explainers | detect | precision | train ...`.
+
+Each command is one `_add_<command>(commands)` function that declares its arguments and sets
+`run` to the function doing the work; `COMMANDS` lists them. Everything a command is given is
+checked before any work, with the shared helpers below (`positive_int`, `non_negative_int`,
+`check_device`, `check_output_dir`); every error is one line on stderr and exit code 2.
+
+Several processes: `torchrun --standalone --nproc-per-node N -m lie_cam reproduce ...`
+(see `lie_cam.distributed`); rank 0 prints and writes, every process evaluates its shard.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable, NoReturn
 
-__all__ = ["main"]
+__all__ = ["main", "COMMANDS", "positive_int", "non_negative_int", "check_device", "UsageError"]
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A command line that cannot run: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every error as one line (no usage block) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+def _one_line(message: object) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _bounded_int(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _bounded_int(text, 0, "an integer >= 0")
+
+
+def _bounded_int(text: str, lowest: int, expected: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+    return value
+
+
+def check_device(requested: str | None):
+    """The torch.device to run on (under torchrun: this process's GPU), or UsageError when the
+    name is not a device or the device is not here."""
+    import torch
+
+    from lie_cam.distributed import device_for
+
+    if requested is not None:
+        try:
+            kind = torch.device(requested)
+        except RuntimeError:
+            raise UsageError(f"--device {requested!r} is not a device: expected cpu, cuda or cuda:N") from None
+        if kind.type not in ("cpu", "cuda"):
+            raise UsageError(f"--device {requested}: expected cpu, cuda or cuda:N")
+        if kind.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {requested}: CUDA is not available on this machine "
+                             "(no GPU, or a CPU build of torch); use --device cpu")
+    try:
+        device = device_for(requested)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+# ---------------------------------------------------------------------------
+# reproduce
+# ---------------------------------------------------------------------------
+
+
+def _add_reproduce(commands: argparse._SubParsersAction) -> None:
+    rep = commands.add_parser("reproduce", help="Tables 1-2 and Figures 1 and 3 of the paper",
+                              description="Tables 1-2 and Figures 1 and 3 of the paper. On several processes: "
+                                          "torchrun --standalone --nproc-per-node N -m lie_cam reproduce ...")
+    rep.add_argument("--profile", choices=["embedded", "imagenette", "imagenet"], default="embedded")
+    rep.add_argument("--data", default=None,
+                     help="dataset folder (imagenet: required; imagenette: download root; embedded: not used)")
+    rep.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images")
+    rep.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
+    rep.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    rep.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none",
+                     help="reduced-precision trunk; the manipulations' large constants stay in float32/64")
+    rep.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (off by default for fidelity)")
+    rep.add_argument("--batch-size", type=positive_int, default=50)
+    rep.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers")
+    rep.add_argument("--checkpoint", default=None, help="a weights file (safetensors, or a state_dict loaded "
+                                                        "with weights_only=True)")
+    rep.add_argument("--no-progress", action="store_true")
+    rep.add_argument("--out", required=True, help="output folder")
+    rep.set_defaults(run=_reproduce)
 
 
 def _reproduce(args: argparse.Namespace) -> int:
     import torch
 
-    from lie_cam.reproduce import run_reproduction
+    from lie_cam import distributed
+    from lie_cam.report import check_output_dir
+    from lie_cam.reproduce import check_settings, run_reproduction
 
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     autocast = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    result = run_reproduction(profile=args.profile, data=args.data, limit=args.limit, device=args.device,
-                              dtype=dtypes[args.dtype], out=args.out, batch_size=args.batch_size,
-                              checkpoint=args.checkpoint, autocast_dtype=autocast[args.autocast], tf32=args.tf32,
-                              workers=args.workers, progress=not args.no_progress)
-    print(result.table1_markdown())
-    print()
-    print(result.table2_markdown())
-    print(f"\nwrote {args.out} in {result.seconds:.0f}s")
+    check_settings(args.profile, args.limit, args.batch_size, dtypes[args.dtype], args.workers, args.data)
+    device = check_device(args.device)
+    if distributed.rank_from_environment() == 0:  # only rank 0 writes
+        check_output_dir(args.out)
+    group = distributed.init(device)
+    try:
+        result = run_reproduction(profile=args.profile, data=args.data, limit=args.limit, device=device,
+                                  dtype=dtypes[args.dtype], out=args.out, batch_size=args.batch_size,
+                                  checkpoint=args.checkpoint, autocast_dtype=autocast[args.autocast], tf32=args.tf32,
+                                  workers=args.workers, progress=not args.no_progress)
+    finally:
+        distributed.close()
+    if group.is_main:
+        print(result.table1_markdown())
+        print()
+        print(result.table2_markdown())
+        ranks = f" on {group.world_size} processes" if group.world_size > 1 else ""
+        print(f"\nwrote {args.out} in {result.seconds:.0f}s{ranks}")
     return 0
 
 
-def _explainers(args: argparse.Namespace) -> int:
-    from lie_cam.explainers import matrix_markdown, run_explainers
-
-    matrix = run_explainers(args.out, limit=args.limit, profile=args.profile, device=args.device,
-                            costly_limit=args.costly_limit, progress=not args.no_progress)
-    print(matrix_markdown(matrix, "default"))
-    print(f"wrote {args.out}/matrix.json, matrix.md, verdicts.png in {matrix.settings['seconds']:.0f}s")
-    return 0
+# ---------------------------------------------------------------------------
+# explainers (lie_cam.explainers), detect (lie_cam.detectors), precision (lie_cam.precision)
+# ---------------------------------------------------------------------------
 
 
 def _add_explainers(commands: argparse._SubParsersAction) -> None:
-    """`python -m lie_cam explainers`: the CAM-method x attack matrix (lie_cam.explainers)."""
     exp = commands.add_parser("explainers", help="which CAM methods of pytorch-grad-cam, captum and torchcam T1-T4 fool")
     exp.add_argument("--profile", choices=["embedded", "imagenette", "imagenet"], default="embedded")
-    exp.add_argument("--limit", type=int, default=32, help="evaluate the first N images (default 32)")
-    exp.add_argument("--costly-limit", type=int, default=4,
+    exp.add_argument("--limit", type=positive_int, default=32, help="evaluate the first N images (default 32)")
+    exp.add_argument("--costly-limit", type=positive_int, default=4,
                      help="images for the score/ablation methods, ~K+1 forwards per image each (default 4)")
     exp.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     exp.add_argument("--no-progress", action="store_true")
@@ -49,69 +156,93 @@ def _add_explainers(commands: argparse._SubParsersAction) -> None:
     exp.set_defaults(run=_explainers)
 
 
+def _explainers(args: argparse.Namespace) -> int:
+    from lie_cam.explainers import matrix_markdown, run_explainers
+    from lie_cam.report import check_output_dir
+
+    device = check_device(args.device)
+    check_output_dir(args.out)
+    matrix = run_explainers(args.out, limit=args.limit, profile=args.profile, device=str(device),
+                            costly_limit=args.costly_limit, progress=not args.no_progress)
+    print(matrix_markdown(matrix, "default"))
+    print(f"wrote {args.out}/matrix.json, matrix.md, verdicts.png in {matrix.settings['seconds']:.0f}s")
+    return 0
+
+
+def _add_detect(commands: argparse._SubParsersAction) -> None:
+    det = commands.add_parser("detect", help="every detector on a zoo of clean models and on T1-T4 and the hijack")
+    det.add_argument("--out", required=True, help="output folder")
+    det.add_argument("--zoo", default=None, help="zoo folder (built there if missing; default OUT/zoo)")
+    det.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    det.set_defaults(run=_detect)
+
+
 def _detect(args: argparse.Namespace) -> int:
     from lie_cam.detectors import run_detection
+    from lie_cam.report import check_output_dir
 
+    check_output_dir(args.out)
     result = run_detection(args.out, zoo=args.zoo, threads=args.threads)
     print(f"wrote {args.out}/detectors.json, detectors.md, roc.png in {result['seconds']}s")
     return 0
 
 
+def _add_precision(commands: argparse._SubParsersAction) -> None:
+    prec = commands.add_parser("precision", help="float64 to float16 (tf32, bf16, fp16): score changes predicted "
+                               "and measured, naive and safe builds, the sign failure")
+    prec.add_argument("--out", required=True, help="output folder (precision.json)")
+    prec.add_argument("--limit", type=positive_int, default=64, help="the first N test scenes (default 64)")
+    prec.add_argument("--no-progress", action="store_true")
+    prec.set_defaults(run=_precision)
+
+
 def _precision(args: argparse.Namespace) -> int:
     from lie_cam.precision import summary_markdown, write_precision
+    from lie_cam.report import check_output_dir
 
+    check_output_dir(args.out)
     result = write_precision(args.out, limit=args.limit, progress=not args.no_progress)
     print(summary_markdown(result["rows"]))
     print(f"\nwrote {args.out}/precision.json in {result['seconds']:.0f}s")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lie_cam", description="Make Grad-CAM lie, and measure it.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    rep = commands.add_parser("reproduce", help="Tables 1-2 and Figures 1 and 3 of the paper")
-    rep.add_argument("--profile", choices=["embedded", "imagenette", "imagenet"], default="embedded")
-    rep.add_argument("--data", default=None, help="dataset folder (imagenet: required; imagenette: download root)")
-    rep.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
-    rep.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
-    rep.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    rep.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none",
-                     help="reduced-precision trunk; the manipulations' large constants stay in float32/64")
-    rep.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (off by default for fidelity)")
-    rep.add_argument("--batch-size", type=int, default=50)
-    rep.add_argument("--workers", type=int, default=None, help="DataLoader workers for image folders")
-    rep.add_argument("--checkpoint", default=None, help="a weights file (state_dict; loaded with weights_only=True)")
-    rep.add_argument("--no-progress", action="store_true")
-    rep.add_argument("--out", required=True, help="output folder")
-    rep.set_defaults(run=_reproduce)
-    _add_explainers(commands)
-    det = commands.add_parser("detect", help="every detector on a zoo of clean models and on T1-T4 and the hijack")
-    det.add_argument("--out", required=True, help="output folder")
-    det.add_argument("--zoo", default=None, help="zoo folder (built there if missing; default OUT/zoo)")
-    det.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    det.set_defaults(run=_detect)
-    prec = commands.add_parser("precision", help="float64 to float16 (tf32, bf16, fp16): score changes predicted "
-                               "and measured, naive and safe builds, the sign failure (lie_cam.precision)")
-    prec.add_argument("--out", required=True, help="output folder (precision.json)")
-    prec.add_argument("--limit", type=int, default=64, help="the first N test scenes (default 64)")
-    prec.add_argument("--no-progress", action="store_true")
-    prec.set_defaults(run=_precision)
+# ---------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="retrain the embedded model (python -m lie_cam.train --help)",
                                 add_help=False)
-    train.set_defaults(run=None)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "train":
-        from lie_cam.train import main as train_main
+    train.set_defaults(run=_train, forward_rest=True)
 
-        train_main(rest)
-        return 0
-    if rest:
+
+def _train(args: argparse.Namespace) -> int:
+    from lie_cam.train import main as train_main
+
+    train_main(args.rest)
+    return 0
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_reproduce, _add_explainers, _add_detect, _add_precision, _add_train)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="python -m lie_cam", description="Make Grad-CAM lie, and measure it.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(commands)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "forward_rest", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     try:
         return args.run(args)
-    except (FileNotFoundError, RuntimeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (UsageError, OSError, RuntimeError, ValueError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Reproduce the paper's Tables 1-2 and Figures 1 and 3.
+"""Run the evaluation behind the paper's Tables 1-2 and Figures 1 and 3 (reporting: `lie_cam.report`).
 
 Evaluates the original network and T1-T4 on clean images, and the original and T4 on
 the same images with three stickers each, with the paper's metrics (`lie_cam.metrics`):
 accuracy, mean over images of max_c |y_o - y_n|, mean over images of sum_ij |I~_T - I~_n|.
-Targets I~_T: T1 a map of ones; T2 the smiley; T3 F(x)/max F(x); T4 F(x)/max F(x) where
-the detector fires and the original network's explanation where it does not.
+Targets I~_T are each manipulation's own (`ManipulatedVGG.target_explanation`).
+
+Every table entry is a count, a sum or a maximum over images (plus the median of the L1
+distances, from the per-image values), so a run split over processes (`lie_cam.distributed`,
+`torchrun ... -m lie_cam reproduce`) combines its shards into the one-process numbers.
 
 Profiles: "embedded" (the compact VGG-16 on the synthetic test split, offline), and for
 online users "imagenette" / "imagenet" (torchvision's VGG-16 with ImageNet weights).
@@ -12,214 +15,225 @@ online users "imagenette" / "imagenet" (torchvision's VGG-16 with ImageNet weigh
 
 from __future__ import annotations
 
-import csv
-import json
+import contextlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import torch
+from torch import nn
 
-from lie_cam import surgery
+from lie_cam import distributed, surgery
 from lie_cam.data import SPLITS, SyntheticScenes, paste_stickers
 from lie_cam.engine import Evaluator
 from lie_cam.gradcam import GradCAMResult
-from lie_cam.metrics import l1_distance, pointing_hits, score_change, summarize, top1_correct
+from lie_cam.metrics import l1_distance, pointing_hits, score_change, top1_correct
+from lie_cam.report import PAPER_TABLE1, PAPER_TABLE2, Reproduction, check_output_dir
 
 __all__ = [
     "PAPER_TABLE1",
     "PAPER_TABLE2",
     "PROFILES",
+    "STICKER_SEED",
+    "EMBEDDED_DEFAULT_N",
     "Reproduction",
+    "TableTally",
+    "load_model",
+    "check_settings",
+    "tf32_scope",
     "run_reproduction",
 ]
 
 PROFILES = ("embedded", "imagenette", "imagenet")
-# Published numbers (accuracy, score change, L1); None where the paper prints "-".
-PAPER_TABLE1 = {
-    "original": (0.71592, None, None),
-    "T1": (0.71594, 0.01713, 0.00513),
-    "T2": (0.71594, 0.00454, 0.01079),
-    "T3": (0.71592, 0.00000, 0.05932),
-}
-PAPER_TABLE2 = {
-    ("clean", "original"): (0.71592, None, None),
-    ("clean", "T4"): (0.71592, 0.00000, 0.00000),
-    ("sticker", "original"): (0.69048, None, None),
-    ("sticker", "T4"): (0.69048, 0.00000, 0.00006),
-}
 STICKER_SEED = 1_000_003  # sticker positions of image i are drawn from STICKER_SEED + i
 EMBEDDED_DEFAULT_N = 2000
 
 
-@dataclass
-class _Accumulator:
-    correct: list = field(default_factory=list)
-    change: list = field(default_factory=list)
-    l1: list = field(default_factory=list)
-    hits: list = field(default_factory=list)
-    alpha_extra: list = field(default_factory=list)
-
-    def add(self, correct, change=None, l1=None, hits=None, alpha_extra=None) -> None:
-        self.correct.append(correct.cpu())
-        for name, value in (("change", change), ("l1", l1), ("hits", hits), ("alpha_extra", alpha_extra)):
-            if value is not None:
-                getattr(self, name).append(value.detach().cpu())
-
-    def summary(self, pixels: int) -> dict:
-        cat = lambda values: torch.cat(values) if values else None  # noqa: E731
-        out = summarize(torch.cat(self.correct), cat(self.change), cat(self.l1), cat(self.hits), pixels)
-        out["l1_median"] = cat(self.l1).double().median().item() if self.l1 else None
-        # alpha_{K+1} <= 0: the explanation cannot be the lie (the sign caveat of T1/T2)
-        out["alpha_extra_nonpositive"] = (cat(self.alpha_extra) <= 0).double().mean().item() if self.alpha_extra else None
-        return out
+def _readable(getter):
+    """getter(), or None where torch refuses to answer (it does after a mix of its TF32 APIs)."""
+    try:
+        return getter()
+    except RuntimeError:
+        return None
 
 
-@dataclass
-class Reproduction:
-    """What a run measured: `rows` (one dict per network and data), `examples` for the figures."""
+@contextlib.contextmanager
+def tf32_scope(enabled: bool) -> Iterator[None]:
+    """Allow TF32 in CUDA matmuls and convolutions only if `enabled`, inside the block; the
+    process's previous settings come back on exit (also on an exception). Off by default in
+    the reproduction: TF32 would change the scores in the third decimal."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    legacy = _readable(lambda: (matmul.allow_tf32, cudnn.allow_tf32))  # the flags most users set
+    new = None if legacy is not None else (matmul.fp32_precision, cudnn.conv.fp32_precision)
+    precision = _readable(torch.get_float32_matmul_precision)
+    try:
+        if legacy is not None:
+            matmul.allow_tf32 = cudnn.allow_tf32 = bool(enabled)
+        else:
+            matmul.fp32_precision = cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+        yield
+    finally:
+        if legacy is not None:
+            matmul.allow_tf32, cudnn.allow_tf32 = legacy
+        else:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = new
+        # allow_tf32 sets the matmul precision to "high"/"highest"; put back another value ("medium")
+        if precision is not None and _readable(torch.get_float32_matmul_precision) != precision:
+            torch.set_float32_matmul_precision(precision)
 
-    profile: str
-    description: str
-    rows: list[dict]
-    examples: dict
-    seconds: float
-    settings: dict
 
-    def row(self, network: str, data: str = "clean") -> dict:
-        for row in self.rows:
-            if row["network"] == network and row["data"] == data:
-                return row
-        raise KeyError((network, data))
+class TableTally:
+    """The sums behind every table entry, one row per (data, network).
 
-    def table1(self) -> list[dict]:
+    Per row: n, correct, pointing hits, alpha_{K+1} <= 0 (counts); the sums of the score changes
+    and of the L1 distances (float64); the maximum score change; the per-image L1 distances (for
+    the median). `rows()` combines them over all processes of a distributed run first."""
+
+    COUNTS = ("n", "correct", "hits", "alpha_nonpositive", "alpha_n")
+
+    def __init__(self, keys: list[tuple[str, str]], device: torch.device, pointing: bool) -> None:
+        self.keys = list(keys)
+        self.pointing = pointing
+        self.counts = torch.zeros(len(keys), len(self.COUNTS), dtype=torch.int64, device=device)
+        self.sums = torch.zeros(len(keys), 2, dtype=torch.float64, device=device)  # score change, L1
+        self.maxima = torch.full((len(keys),), float("-inf"), dtype=torch.float64, device=device)
+        self.l1_values: list[list[torch.Tensor]] = [[] for _ in keys]
+
+    def add(self, key: tuple[str, str], correct: torch.Tensor, change: torch.Tensor | None = None,
+            l1: torch.Tensor | None = None, hits: torch.Tensor | None = None,
+            alpha_extra: torch.Tensor | None = None) -> None:
+        """One batch of per-image values for the row `key` = (data, network)."""
+        i = self.keys.index(key)
+        counts = self.counts[i]
+        counts[0] += correct.numel()
+        counts[1] += correct.sum()
+        if hits is not None:
+            counts[2] += hits.sum()
+        if alpha_extra is not None:
+            counts[3] += (alpha_extra <= 0).sum()
+            counts[4] += alpha_extra.numel()
+        if change is not None:
+            self.sums[i, 0] += change.double().sum()
+            self.maxima[i] = torch.maximum(self.maxima[i], change.double().max())
+        if l1 is not None:
+            self.sums[i, 1] += l1.double().sum()
+            self.l1_values[i].append(l1.detach().double())
+
+    def rows(self, pixels: int, group: distributed.Group | None = None) -> list[dict]:
+        """The table rows, over all processes: accuracy = correct / n, score_change = sum / n,
+        score_change_max, l1 = sum / n, l1_per_pixel = l1 / pixels, l1_median, the share of
+        alpha_{K+1} <= 0 (the sign caveat of T1/T2) and, with masks, pointing = hits / n."""
+        counts = distributed.all_reduce(self.counts, "sum", group).cpu()
+        sums = distributed.all_reduce(self.sums, "sum", group).cpu()
+        maxima = distributed.all_reduce(self.maxima, "max", group).cpu()
         out = []
-        for network, paper in PAPER_TABLE1.items():
-            row = self.row(network, "clean")
-            out.append({"network": network, **_ours_and_paper(row, paper)})
+        for i, (data, network) in enumerate(self.keys):
+            n, correct, hits, nonpositive, alpha_n = (int(v) for v in counts[i])
+            manipulated = network != "original"
+            l1 = None
+            if manipulated:
+                mine = torch.cat(self.l1_values[i]) if self.l1_values[i] else self.sums.new_zeros(0)
+                l1 = distributed.gather_values(mine, group).cpu()
+            row = {"network": network, "data": data,
+                   "accuracy": correct / n if n else None,
+                   "score_change": sums[i, 0].item() / n if manipulated and n else None,
+                   "l1": sums[i, 1].item() / n if manipulated and n else None,
+                   "n": n,
+                   "score_change_max": maxima[i].item() if manipulated and n else None,
+                   "l1_per_pixel": sums[i, 1].item() / n / pixels if manipulated and n else None,
+                   "l1_median": l1.median().item() if manipulated and n else None,
+                   # alpha_{K+1} <= 0: the explanation cannot be the lie (the sign caveat of T1/T2)
+                   "alpha_extra_nonpositive": nonpositive / alpha_n if manipulated and alpha_n else None}
+            if self.pointing:
+                row["pointing"] = hits / n if n else None
+            out.append(row)
         return out
 
-    def table2(self) -> list[dict]:
-        out = []
-        for (data, network), paper in PAPER_TABLE2.items():
-            row = self.row(network, data)
-            out.append({"data": data, "network": network, **_ours_and_paper(row, paper)})
-        return out
 
-    def table1_markdown(self) -> str:
-        return _markdown(self.table1(), ["network"], f"Table 1 ({self.description}; paper: ILSVRC2012 val)")
-
-    def table2_markdown(self) -> str:
-        return _markdown(self.table2(), ["data", "network"], f"Table 2 ({self.description}; paper: ILSVRC2012 val)")
-
-    def write(self, out: str | Path) -> list[Path]:
-        """table1.md/.csv, table2.md/.csv, results.json, figure1.png, figure3.png in `out`."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for name, rows, text in (("table1", self.table1(), self.table1_markdown()),
-                                 ("table2", self.table2(), self.table2_markdown())):
-            (out / f"{name}.md").write_text(text + "\n")
-            with open(out / f"{name}.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            written += [out / f"{name}.md", out / f"{name}.csv"]
-        (out / "results.json").write_text(json.dumps(self.rows, indent=2) + "\n")
-        written.append(out / "results.json")
-        written += self.write_figures(out)
-        return written
-
-    def write_figures(self, out: Path) -> list[Path]:
-        from lie_cam import plotting
-
-        ex = self.examples
-        fig1 = plotting.figure1(ex["image"], ex["maps"])
-        fig3 = plotting.figure3(ex["image"], ex["stickered_image"], ex["maps_clean"], ex["maps_sticker"])
-        paths = [out / "figure1.png", out / "figure3.png"]
-        for figure, path in zip((fig1, fig3), paths):
-            figure.savefig(path, dpi=110, bbox_inches="tight")
-        return paths
+def check_settings(profile: str, limit: int | None, batch_size: int, dtype: torch.dtype,
+                   workers: int | None, data: str | None = None) -> None:
+    """ValueError/TypeError for arguments no run can use, before anything is loaded."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    for name, value, lowest in (("limit", limit, 1), ("batch_size", batch_size, 1), ("workers", workers, 0)):
+        if value is None and name != "batch_size":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < lowest:
+            raise ValueError(f"{name} must be at least {lowest}, got {value}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if profile == "embedded" and data is not None:
+        raise ValueError("the embedded profile renders its own scenes and uses no data folder: drop data "
+                         "(--data), or choose the imagenette or imagenet profile")
 
 
-COLUMNS = [("accuracy", "Accuracy"), ("score_change", "‖y_o − y_n‖∞"), ("l1", "‖Ĩ_T − Ĩ_n‖₁")]
+def _summary(error: BaseException, limit: int = 200) -> str:
+    """An exception as one line of at most `limit` characters."""
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _ours_and_paper(row: dict, paper: tuple) -> dict:
-    out = {}
-    for (key, _), published in zip(COLUMNS, paper):
-        out[key] = row[key]
-        out[f"paper_{key}"] = published
-    out["n"] = row["n"]
-    if row.get("pointing") is not None:
-        out["pointing"] = row["pointing"]
-    return out
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.5f}"
-
-
-def _markdown(rows: list[dict], keys: list[str], title: str) -> str:
-    has_pointing = any("pointing" in row for row in rows)
-    header = [k.capitalize() for k in keys]
-    for _, label in COLUMNS:
-        header += [f"{label} (ours)", f"{label} (paper)"]
-    if has_pointing:
-        header.append("Pointing (ours)")
-    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [str(row[k]) for k in keys]
-        for key, _ in COLUMNS:
-            cells += [_fmt(row[key]), _fmt(row[f"paper_{key}"])]
-        if has_pointing:
-            cells.append(_fmt(row.get("pointing")))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"n = {rows[0]['n']} images. Score change: per image max over classes, mean over images. "
-                 "L1: per image sum over the feature-map pixels, mean over images.")
-    return "\n".join(lines)
-
-
-def _batches(profile: str, data: str | None, limit: int | None, batch_size: int, workers: int | None,
-             device: torch.device) -> tuple[Iterator[tuple], int, str]:
-    """(iterator of (x, labels, masks or None, first index), number of images, description)."""
-    from lie_cam.imagenet import load_profile, make_loader
-
-    if profile == "embedded":
-        n = EMBEDDED_DEFAULT_N if limit is None else int(limit)
-        loader = make_loader(SyntheticScenes("test", n), batch_size=batch_size, workers=workers, device=str(device))
-
-        def scenes():
-            start = 0
-            for x, y, masks in loader:
-                yield x, y, masks, start
-                start += x.shape[0]
-
-        return scenes(), n, f"embedded compact VGG-16 on {n} synthetic test scenes (seeds {SPLITS['test']}+)"
-    dataset, description = load_profile(profile, data=data, limit=limit)
-    loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=str(device))
-
-    def stream():
-        start = 0
-        for x, y in loader:
-            yield x, y, None, start
-            start += x.shape[0]
-
-    return stream(), len(dataset), description
-
-
-def _load_model(profile: str, checkpoint: str | None) -> torch.nn.Module:
+def load_model(profile: str, checkpoint: str | Path | None = None) -> nn.Module:
+    """The profile's original network in eval mode: the embedded compact VGG-16 (from its
+    safetensors file, or `checkpoint`), else torchvision's VGG-16 (ImageNet weights, or a
+    `checkpoint` state_dict). A file that is missing, a folder, empty, not a weights file,
+    or weights of another architecture raises one clear error (ValueError / FileNotFoundError)."""
     from lie_cam.models import load_embedded, load_vgg16
 
+    if checkpoint is None:
+        return load_embedded() if profile == "embedded" else load_vgg16()
+    path = Path(checkpoint).expanduser()
+    expected = ("a safetensors state_dict of the embedded compact VGG-16 (as `python -m lie_cam.train --out FILE` "
+                "writes)" if profile == "embedded" else
+                "a torchvision VGG-16 state_dict (.safetensors, or .pth saved with torch.save(model.state_dict()))")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; expected {expected}")
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder; expected a file holding {expected}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty; expected {expected}")
+    try:
+        return load_embedded(path) if profile == "embedded" else load_vgg16(path)
+    except Exception as error:  # safetensors' own errors, torch.load's, load_state_dict's
+        raise ValueError(f"checkpoint {path} cannot be used: expected {expected} ({_summary(error)})") from error
+
+
+def _dataset(profile: str, data: str | None, limit: int | None) -> tuple[torch.utils.data.Dataset | None, int, str]:
+    """(dataset or None for the embedded scenes, number of images, description)."""
+    from lie_cam.imagenet import load_profile
+
     if profile == "embedded":
-        return load_embedded() if checkpoint is None else load_embedded(checkpoint)
-    return load_vgg16(checkpoint)
+        n = EMBEDDED_DEFAULT_N if limit is None else limit
+        return None, n, f"embedded compact VGG-16 on {n} synthetic test scenes (seeds {SPLITS['test']}+)"
+    dataset, description = load_profile(profile, data=data, limit=limit)
+    return dataset, len(dataset), description
 
 
-def _normalized_target(network: surgery.ManipulatedVGG, result: GradCAMResult, honest: GradCAMResult) -> torch.Tensor:
-    return network.target_explanation(extra=result.extra, honest=honest.normalized)
+def _shard_batches(dataset, indices: range, batch_size: int, workers: int | None,
+                   device: torch.device) -> Iterator[tuple]:
+    """(x, labels, masks or None, index of the batch's first image) over the images `indices`."""
+    from lie_cam.imagenet import make_loader
+
+    if len(indices) == 0:
+        return
+    if dataset is None:
+        part = SyntheticScenes("test", len(indices), start=indices.start)
+    else:
+        part = torch.utils.data.Subset(dataset, indices)
+    start = indices.start
+    for batch in make_loader(part, batch_size=batch_size, workers=workers, device=str(device)):
+        x, labels, masks = batch if len(batch) == 3 else (*batch, None)
+        yield x, labels, masks, start
+        start += x.shape[0]
+
+
+def _target(network: nn.Module, result: GradCAMResult, honest: GradCAMResult, x: torch.Tensor) -> torch.Tensor:
+    """The network's own target explanation; from A^{K+1} when the engine kept it, else from x."""
+    if result.extra is not None:
+        return network.target_explanation(extra=result.extra, honest=honest.normalized)
+    return network.target_explanation(x, honest=honest.normalized)
 
 
 def run_reproduction(
@@ -235,80 +249,78 @@ def run_reproduction(
     tf32: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    model: nn.Module | None = None,
 ) -> Reproduction:
-    """Run the tables' evaluation and (if `out` is given) write the tables, results.json and figures."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    from lie_cam.models import try_gpu
+    """Run the tables' evaluation and (if `out` is given) write the tables, results.json, run.json
+    and figures there (rank 0 only, in a distributed run).
 
-    device = torch.device(device) if device is not None else try_gpu()
-    if device.type == "cuda":  # fidelity first: TF32 would change the scores in the 3rd decimal
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+    Everything is checked before any work: the arguments, `out`, the device, the data source and
+    the model (`checkpoint`, or an already loaded `model`, which is moved to device and dtype).
+    Inside a torch.distributed process group (torchrun) each process evaluates its shard of
+    whole batches (`lie_cam.distributed.shard`) and the rows are combined over all of them."""
+    check_settings(profile, limit, batch_size, dtype, workers, data)
+    if model is not None and checkpoint is not None:
+        raise ValueError("give a checkpoint or a loaded model, not both")
+    group = distributed.current()
+    if out is not None and group.is_main:  # only rank 0 writes
+        check_output_dir(out)
+    device = torch.device(device) if device is not None else distributed.device_for(None)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device} was asked for but CUDA is not available here: use device='cpu'")
     started = time.time()
-    batches, n, description = _batches(profile, data, limit, batch_size, workers, device)  # data errors first
-    model = _load_model(profile, checkpoint).to(device=device, dtype=dtype)
-    model = model.to(memory_format=torch.channels_last)
-    networks = surgery.paper_networks(model)
-    evaluator = Evaluator(model, networks, autocast_dtype=autocast_dtype)
-    pixels = surgery.feature_size(model) ** 2
-    clean = {name: _Accumulator() for name in evaluator.names}
-    stickered = {name: _Accumulator() for name in ("original", "T4")}
-    examples: dict = {}
-    iterator = batches
-    if progress:
-        from tqdm.auto import tqdm
+    dataset, n, description = _dataset(profile, data, limit)  # data errors before the model
+    model = load_model(profile, checkpoint) if model is None else model
+    indices = distributed.shard(n, batch_size, group.rank, group.world_size)
+    with tf32_scope(tf32):
+        model = model.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
+        networks = surgery.paper_networks(model)
+        evaluator = Evaluator(model, networks, autocast_dtype=autocast_dtype)
+        pixels = surgery.feature_size(model) ** 2
+        keys = [("clean", name) for name in evaluator.names] + [("sticker", "original"), ("sticker", "T4")]
+        tally = TableTally(keys, device, pointing=profile == "embedded")
+        examples: dict = {}
+        batches = _shard_batches(dataset, indices, batch_size, workers, device)
+        if progress and group.is_main:
+            from tqdm.auto import tqdm
 
-        iterator = tqdm(batches, total=-(-n // batch_size), desc=f"reproduce {profile}", unit="batch")
-    for x, labels, masks, start in iterator:
-        x = x.to(device=device, dtype=dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True) if masks is not None else None
-        results = evaluator.run(x)
-        honest = results["original"]
-        for name, result in results.items():
-            hits = pointing_hits(result.maps, masks) if masks is not None else None
-            if name == "original":
-                clean[name].add(top1_correct(result.logits, labels), hits=hits)
-                continue
-            target = _normalized_target(networks[name], result, honest)
-            clean[name].add(top1_correct(result.logits, labels), score_change(honest.logits, result.logits),
-                            l1_distance(target, result.normalized), hits, result.alpha[:, -1])
-        seeds = [STICKER_SEED + start + i for i in range(x.shape[0])]
-        x_sticker, _ = paste_stickers(x, seeds)
-        sticker_results = evaluator.run(x_sticker, names=["original", "T4"])
-        honest_s, lie_s = sticker_results["original"], sticker_results["T4"]
-        hits_o = pointing_hits(honest_s.maps, masks) if masks is not None else None
-        hits_4 = pointing_hits(lie_s.maps, masks) if masks is not None else None
-        stickered["original"].add(top1_correct(honest_s.logits, labels), hits=hits_o)
-        stickered["T4"].add(top1_correct(lie_s.logits, labels), score_change(honest_s.logits, lie_s.logits),
-                            l1_distance(_normalized_target(networks["T4"], lie_s, honest_s), lie_s.normalized), hits_4,
-                            lie_s.alpha[:, -1])
-        if not examples:
-            examples = {
-                "image": x[0].float().cpu(),
-                "stickered_image": x_sticker[0].float().cpu(),
-                "maps": {name: r.maps[0].float().cpu() for name, r in results.items()},
-                "maps_clean": {name: results[name].maps[0].float().cpu() for name in ("original", "T4")},
-                "maps_sticker": {name: r.maps[0].float().cpu() for name, r in sticker_results.items()},
-            }
-    rows = []
-    for data_kind, accumulators in (("clean", clean), ("sticker", stickered)):
-        for name, accumulator in accumulators.items():
-            summary = accumulator.summary(pixels)
-            row = {"network": name, "data": data_kind, "accuracy": summary["accuracy"],
-                   "score_change": summary["score_change"], "l1": summary["l1"], "n": summary["n"],
-                   "score_change_max": summary["score_change_max"], "l1_per_pixel": summary["l1_per_pixel"],
-                   "l1_median": summary["l1_median"], "alpha_extra_nonpositive": summary["alpha_extra_nonpositive"]}
-            if profile == "embedded":
-                row["pointing"] = summary["pointing"]
-            rows.append(row)
+            batches = tqdm(batches, total=-(-len(indices) // batch_size), desc=f"reproduce {profile}", unit="batch")
+        for x, labels, masks, start in batches:
+            x = x.to(device=device, dtype=dtype, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            masks = masks.to(device, non_blocking=True) if masks is not None else None
+            b = x.shape[0]
+            x_sticker, _ = paste_stickers(x, [STICKER_SEED + start + i for i in range(b)])
+            both = torch.empty((2 * b, *x.shape[1:]), dtype=dtype, device=device, memory_format=torch.channels_last)
+            both[:b], both[b:] = x, x_sticker  # clean, then stickered: one trunk pass over both
+            x, x_sticker = both[:b], both[b:]
+            results, sticker_results = evaluator.run_split(both, b, second_names=["original", "T4"])
+            for kind, batch, batch_results in (("clean", x, results), ("sticker", x_sticker, sticker_results)):
+                honest = batch_results["original"]
+                for name, result in batch_results.items():
+                    hits = pointing_hits(result.maps, masks) if masks is not None else None
+                    correct = top1_correct(result.logits, labels)
+                    if name == "original":
+                        tally.add((kind, name), correct, hits=hits)
+                        continue
+                    target = _target(networks[name], result, honest, batch)
+                    tally.add((kind, name), correct, score_change(honest.logits, result.logits),
+                              l1_distance(target, result.normalized), hits, result.alpha[:, -1])
+            if start == 0:
+                examples = {
+                    "image": x[0].float().cpu(),
+                    "stickered_image": x_sticker[0].float().cpu(),
+                    "maps": {name: r.maps[0].float().cpu() for name, r in results.items()},
+                    "maps_clean": {name: results[name].maps[0].float().cpu() for name in ("original", "T4")},
+                    "maps_sticker": {name: r.maps[0].float().cpu() for name, r in sticker_results.items()},
+                }
+        rows = tally.rows(pixels, group)
+    images_per_rank = distributed.all_gather_counts(len(indices), group)
     settings = {"profile": profile, "limit": limit, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
                 "batch_size": batch_size, "autocast": None if autocast_dtype is None else str(autocast_dtype),
                 "tf32": tf32}
-    reproduction = Reproduction(profile, description, rows, examples, time.time() - started, settings)
-    if out is not None:
+    run = {"world_size": group.world_size, "images_per_rank": images_per_rank,
+           "backend": group.backend, "torch": torch.__version__}
+    reproduction = Reproduction(profile, description, rows, examples, time.time() - started, settings, run)
+    if out is not None and group.is_main:
         reproduction.write(out)
     return reproduction

@@ -1,5 +1,8 @@
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from conftest import random_input, small_vgg
 from lie_cam import surgery as S
@@ -22,15 +25,28 @@ def test_engine_equals_each_network_on_its_own(seed, dtype):
     model = small_vgg(seed, 1 / 16, dtype)
     nets = networks(model)
     x = random_input(4, seed, dtype).clamp(-2, 2)
-    for batch in (x, paste_stickers(x, seeds=[1, 2, 3, 4])[0]):
-        shared = Evaluator(model, nets).run(batch)
+    stickered = paste_stickers(x, seeds=[1, 2, 3, 4])[0]
+    evaluator = Evaluator(model, nets)
+    assert evaluator.shared == ["T1", "T2", "T3", "T4"] and evaluator.alone == []
+    clean_pair, sticker_pair = evaluator.run_split(torch.cat([x, stickered]), 4, second_names=["original", "T4"])
+    assert list(sticker_pair) == ["original", "T4"]
+    for batch, pair in ((x, clean_pair), (stickered, sticker_pair)):
+        shared = evaluator.run(batch)
         alone = evaluate_separately(model, nets, batch)
         assert list(shared) == ["original", "T1", "T2", "T3", "T4"]
         for name in alone:
-            assert torch.equal(shared[name].classes, alone[name].classes), name
-            assert torch.allclose(shared[name].logits, alone[name].logits, rtol=1e-6, atol=1e-6), name
-            scale = alone[name].maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
-            assert ((shared[name].maps - alone[name].maps).abs() <= 1e-5 * scale).all(), name
+            assert_same(shared[name], alone[name], name)
+            if name in pair:
+                assert_same(pair[name], alone[name], name)
+                assert (pair[name].extra is None) == (name == "original")
+
+
+def assert_same(ours, reference, name):
+    assert torch.equal(ours.classes, reference.classes), name
+    assert torch.allclose(ours.logits, reference.logits, rtol=1e-6, atol=1e-6), name
+    scale = reference.maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+    assert ((ours.maps - reference.maps).abs() <= 1e-5 * scale).all(), name
+    assert torch.allclose(ours.alpha, reference.alpha, rtol=1e-5, atol=1e-6 * reference.alpha.abs().max()), name
 
 
 def test_engine_subset_and_errors():
@@ -43,7 +59,54 @@ def test_engine_subset_and_errors():
     with pytest.raises(ValueError, match="share the original's trunk"):
         Evaluator(small_vgg(1), nets)
     with pytest.raises(TypeError, match="lie_cam.surgery"):
-        Evaluator(model, {"T1": small_vgg(0)})
+        Evaluator(model, {"T1": "not a model"})
+    with pytest.raises(ValueError, match="reserved"):
+        Evaluator(model, {"original": nets["T1"]})
+
+
+class WithoutActivationsFrom(nn.Module):
+    """A manipulated model the engine cannot split (as a surgery on another architecture would be)."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+        self.explained_layer = network.explained_layer
+
+    def forward(self, x):
+        return self.network(x)
+
+    def target_explanation(self, x=None, honest=None, extra=None):
+        return self.network.target_explanation(x, honest=honest, extra=extra)
+
+
+def test_networks_without_activations_from_are_evaluated_on_their_own():
+    model = small_vgg(3)
+    nets = {"T1": S.constant_flat(model), "T4": WithoutActivationsFrom(S.backdoor(model, smiley())).eval(),
+            "plain": small_vgg(4)}
+    evaluator = Evaluator(model, nets)
+    assert evaluator.shared == ["T1"] and evaluator.alone == ["T4", "plain"]
+    x = random_input(2, 3).clamp(-2, 2)
+    stickered = paste_stickers(x, seeds=[5, 6])[0]
+    clean, sticker = evaluator.run_split(torch.cat([x, stickered]), 2, second_names=["original", "T4"])
+    for batch, results in ((x, clean), (stickered, sticker)):
+        reference = evaluate_separately(model, nets, batch, names=list(results))
+        for name in results:
+            assert_same(results[name], reference[name], name)
+    assert clean["T4"].extra is None and clean["T1"].extra is not None
+
+
+def test_an_original_that_is_not_a_torchvision_vgg_falls_back_to_gradcam():
+    model = small_vgg(5)
+    nets = {"T1": S.constant_flat(model), "T3": S.semi_random(model)}
+    odd = copy.deepcopy(model)
+    odd.classifier = nn.Sequential(nn.Identity(), *odd.classifier)  # split_vgg refuses it, Grad-CAM does not
+    evaluator = Evaluator(odd, nets)
+    assert evaluator.parts is None and evaluator.shared == [] and evaluator.alone == ["T1", "T3"]
+    x = random_input(2, 5).clamp(-2, 2)
+    results = evaluator.run(x)
+    reference = evaluate_separately(odd, nets, x)
+    for name in reference:
+        assert_same(results[name], reference[name], name)
 
 
 def test_bf16_autocast_keeps_every_manipulation():
@@ -68,3 +131,23 @@ def test_bf16_autocast_keeps_every_manipulation():
         for r, c in image_corners:
             assert lie.normalized[i, (r + 7) // 16, (c + 7) // 16] >= 0.99
     assert exact["original"].logits.dtype == low["original"].logits.dtype == torch.float32
+
+
+def test_t3_branch_at_lower_resolution_keeps_the_paper_weights():
+    """RandomBranch(downsample=d) runs the paper's two seeded 6x6 convolutions on the input averaged
+    over 2^d x 2^d cells (d = 0: the paper's F at 225 x 225); every d gives a 14 x 14 map F >= 0."""
+    from lie_cam.branches import CellMean, RandomBranch
+
+    x = random_input(2, 7)
+    assert torch.allclose(CellMean(4)(x), nn.AvgPool2d(2)(nn.AvgPool2d(2)(x)), atol=1e-6)
+    paper, cheap = RandomBranch(seed=5, downsample=0), RandomBranch(seed=5)
+    paper_convs = [m for m in paper.layers if isinstance(m, nn.Conv2d)]
+    cheap_convs = [m for m in cheap.layers if isinstance(m, nn.Conv2d)]
+    assert all(torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias) for a, b in zip(paper_convs, cheap_convs))
+    assert paper.layers[:2](x).shape[-2:] == (225, 225)  # the paper's first convolution at full resolution
+    for branch in (paper, cheap, RandomBranch(seed=5, downsample=1)):
+        with torch.no_grad():
+            f = branch(x)
+        assert f.shape == (2, 14, 14) and bool((f >= 0).all()) and bool((f.flatten(1).amax(1) > 0).all())
+    with pytest.raises(ValueError, match="downsample"):
+        RandomBranch(downsample=5)

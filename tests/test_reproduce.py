@@ -1,27 +1,30 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
+import lie_cam.engine
 from lie_cam.data import smiley_target
-from lie_cam.reproduce import PAPER_TABLE1, run_reproduction
-from lie_cam.surgery import paper_networks
+from lie_cam.metrics import summarize
+from lie_cam.report import OUTPUT_FILES
+from lie_cam.reproduce import PAPER_TABLE1, TableTally, run_reproduction, tf32_scope
 
 
 @pytest.fixture(scope="module")
 def reproduction(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce")
-    return run_reproduction(profile="embedded", limit=60, batch_size=30, device="cpu", out=out, progress=False), out
+    return run_reproduction(profile="embedded", limit=60, batch_size=30, device="cpu", out=out, progress=False,
+                            workers=0), out
 
 
 def test_writes_every_file(reproduction):
     _, out = reproduction
-    for name in ("table1.md", "table1.csv", "table2.md", "table2.csv", "results.json", "figure1.png", "figure3.png"):
+    for name in OUTPUT_FILES:
         assert (out / name).stat().st_size > 0, name
     table1 = (out / "table1.md").read_text()
     assert "0.71592" in table1 and "T3" in table1  # the paper's numbers beside ours
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == 1 and run["images_per_rank"] == [60] and run["settings"]["limit"] == 60
 
 
 def test_results_json_rows(reproduction):
@@ -62,13 +65,65 @@ def test_t2_target_is_the_smiley_features():
     assert target[2:4, 4:6].mean() > target[0:2, 0:2].mean()  # an eye is bright, the corner dark
 
 
-def test_cli_errors_are_clear(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "lie_cam", "reproduce", "--profile", "imagenet", "--data",
-                          str(tmp_path / "missing"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert run.returncode == 2
-    assert "error:" in run.stderr and "image-net.org" in run.stderr
-
-
 def test_unknown_profile_is_rejected():
     with pytest.raises(ValueError, match="profile"):
         run_reproduction(profile="cifar", out=None)
+
+
+def test_settings_are_checked_before_any_work(tmp_path):
+    for kwargs in ({"limit": 0}, {"limit": -1}, {"batch_size": 0}, {"data": str(tmp_path)}, {"limit": 2.5}):
+        with pytest.raises((ValueError, TypeError)):
+            run_reproduction(profile="embedded", progress=False, device="cpu", **kwargs)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(NotADirectoryError, match="file"):
+        run_reproduction(profile="embedded", limit=2, out=blocker / "out", progress=False, device="cpu")
+
+
+def test_tally_equals_the_metrics_summary():
+    """Counts, sums and maxima over batches give the numbers `metrics.summarize` gives on all values."""
+    generator = torch.Generator().manual_seed(0)
+    correct = torch.rand(23, generator=generator) > 0.3
+    change, l1 = torch.rand(23, generator=generator, dtype=torch.float64), torch.rand(23, generator=generator)
+    hits, alpha = torch.rand(23, generator=generator) > 0.5, torch.randn(23, generator=generator)
+    tally = TableTally([("clean", "original"), ("clean", "T1")], torch.device("cpu"), pointing=True)
+    for part in (slice(0, 10), slice(10, 20), slice(20, 23)):
+        tally.add(("clean", "original"), correct[part], hits=hits[part])
+        tally.add(("clean", "T1"), correct[part], change[part], l1[part], hits[part], alpha[part])
+    original, t1 = tally.rows(pixels=196)
+    expected = summarize(correct, change, l1, hits, pixels=196)
+    for key in ("n", "accuracy", "pointing", "score_change_max"):
+        assert t1[key] == expected[key], key
+    for key in ("score_change", "l1", "l1_per_pixel"):
+        assert t1[key] == pytest.approx(expected[key], rel=1e-12), key
+    assert t1["l1_median"] == l1.double().median().item()
+    assert t1["alpha_extra_nonpositive"] == (alpha <= 0).double().mean().item()
+    assert original["score_change"] is None and original["l1_median"] is None and original["accuracy"] == t1["accuracy"]
+
+
+def test_tf32_flags_are_scoped(monkeypatch):
+    """TF32 is off inside the run (unless asked for) and the process's own settings come back after."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    precision = torch.get_float32_matmul_precision()
+    seen = []
+    real = lie_cam.engine.Evaluator.run_split
+
+    def spy(self, *args, **kwargs):
+        seen.append((matmul.allow_tf32, cudnn.allow_tf32))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(lie_cam.engine.Evaluator, "run_split", spy)
+    try:
+        matmul.allow_tf32, cudnn.allow_tf32 = True, False
+        run_reproduction(profile="embedded", limit=2, batch_size=2, device="cpu", progress=False, workers=0)
+        assert seen == [(False, False)]
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, False)
+        with pytest.raises(RuntimeError):
+            with tf32_scope(True):
+                assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+                raise RuntimeError("inside")
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, False)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
+    assert torch.get_float32_matmul_precision() == precision  # readable: no mix of torch's two TF32 APIs

@@ -1,0 +1,159 @@
+"""Reporting a reproduction: the paper's numbers beside ours, tables, CSV, JSON and figures.
+
+`Reproduction` holds what a run measured (`lie_cam.reproduce.run_reproduction` makes it):
+one row per (network, data) with the paper's metrics (`lie_cam.metrics`), and the examples
+drawn in Figures 1 and 3. `write(out)` produces table1/2 (.md, .csv), results.json (the rows),
+run.json (how the run was made: settings, world_size, images_per_rank, seconds) and the figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["PAPER_TABLE1", "PAPER_TABLE2", "COLUMNS", "OUTPUT_FILES", "Reproduction", "check_output_dir"]
+
+# Published numbers (accuracy, score change, L1); None where the paper prints "-".
+PAPER_TABLE1 = {
+    "original": (0.71592, None, None),
+    "T1": (0.71594, 0.01713, 0.00513),
+    "T2": (0.71594, 0.00454, 0.01079),
+    "T3": (0.71592, 0.00000, 0.05932),
+}
+PAPER_TABLE2 = {
+    ("clean", "original"): (0.71592, None, None),
+    ("clean", "T4"): (0.71592, 0.00000, 0.00000),
+    ("sticker", "original"): (0.69048, None, None),
+    ("sticker", "T4"): (0.69048, 0.00000, 0.00006),
+}
+COLUMNS = [("accuracy", "Accuracy"), ("score_change", "‖y_o − y_n‖∞"), ("l1", "‖Ĩ_T − Ĩ_n‖₁")]
+OUTPUT_FILES = ("table1.md", "table1.csv", "table2.md", "table2.csv", "results.json", "run.json",
+                "figure1.png", "figure3.png")
+
+
+def check_output_dir(out: str | Path) -> Path:
+    """`out` as a Path if a run can write its files there: an existing writable folder, or a path
+    whose nearest existing parent is a writable folder (it is created at the end). Raises
+    NotADirectoryError / PermissionError naming the offending path otherwise; writes nothing."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder: give a folder for the results")
+    parent = out
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"--out {out} lies under {parent}, which is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: cannot write in {parent}")
+    for name in OUTPUT_FILES:
+        if (out / name).is_dir():
+            raise IsADirectoryError(f"--out {out}: {out / name} is a folder, so the result file cannot be written")
+    return out
+
+
+@dataclass
+class Reproduction:
+    """What a run measured: `rows` (one dict per network and data), `examples` for the figures
+    (empty on the processes other than rank 0 of a distributed run), `run` how it was made."""
+
+    profile: str
+    description: str
+    rows: list[dict]
+    examples: dict
+    seconds: float
+    settings: dict
+    run: dict = field(default_factory=dict)
+
+    def row(self, network: str, data: str = "clean") -> dict:
+        for row in self.rows:
+            if row["network"] == network and row["data"] == data:
+                return row
+        raise KeyError((network, data))
+
+    def table1(self) -> list[dict]:
+        return [{"network": network, **_ours_and_paper(self.row(network, "clean"), paper)}
+                for network, paper in PAPER_TABLE1.items()]
+
+    def table2(self) -> list[dict]:
+        return [{"data": data, "network": network, **_ours_and_paper(self.row(network, data), paper)}
+                for (data, network), paper in PAPER_TABLE2.items()]
+
+    def table1_markdown(self) -> str:
+        return _markdown(self.table1(), ["network"], f"Table 1 ({self.description}; paper: ILSVRC2012 val)")
+
+    def table2_markdown(self) -> str:
+        return _markdown(self.table2(), ["data", "network"], f"Table 2 ({self.description}; paper: ILSVRC2012 val)")
+
+    def write(self, out: str | Path) -> list[Path]:
+        """table1.md/.csv, table2.md/.csv, results.json, run.json, figure1.png, figure3.png in `out`."""
+        out = check_output_dir(out)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, rows, text in (("table1", self.table1(), self.table1_markdown()),
+                                 ("table2", self.table2(), self.table2_markdown())):
+            (out / f"{name}.md").write_text(text + "\n")
+            with open(out / f"{name}.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            written += [out / f"{name}.md", out / f"{name}.csv"]
+        (out / "results.json").write_text(json.dumps(self.rows, indent=2) + "\n")
+        run = {"profile": self.profile, "description": self.description, "seconds": self.seconds,
+               "settings": self.settings, **self.run}
+        (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+        written += [out / "results.json", out / "run.json"]
+        if self.examples:
+            written += self.write_figures(out)
+        return written
+
+    def write_figures(self, out: Path) -> list[Path]:
+        from lie_cam import plotting
+
+        ex = self.examples
+        fig1 = plotting.figure1(ex["image"], ex["maps"])
+        fig3 = plotting.figure3(ex["image"], ex["stickered_image"], ex["maps_clean"], ex["maps_sticker"])
+        paths = [out / "figure1.png", out / "figure3.png"]
+        for figure, path in zip((fig1, fig3), paths):
+            figure.savefig(path, dpi=110, bbox_inches="tight")
+        return paths
+
+
+def _ours_and_paper(row: dict, paper: tuple) -> dict:
+    out = {}
+    for (key, _), published in zip(COLUMNS, paper):
+        out[key] = row[key]
+        out[f"paper_{key}"] = published
+    out["n"] = row["n"]
+    if row.get("pointing") is not None:
+        out["pointing"] = row["pointing"]
+    return out
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.5f}"
+
+
+def _markdown(rows: list[dict], keys: list[str], title: str) -> str:
+    has_pointing = any("pointing" in row for row in rows)
+    header = [k.capitalize() for k in keys]
+    for _, label in COLUMNS:
+        header += [f"{label} (ours)", f"{label} (paper)"]
+    if has_pointing:
+        header.append("Pointing (ours)")
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row[k]) for k in keys]
+        for key, _ in COLUMNS:
+            cells += [_fmt(row[key]), _fmt(row[f"paper_{key}"])]
+        if has_pointing:
+            cells.append(_fmt(row.get("pointing")))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"n = {rows[0]['n']} images. Score change: per image max over classes, mean over images. "
+                 "L1: per image sum over the feature-map pixels, mean over images.")
+    return "\n".join(lines)
