@@ -37,7 +37,15 @@ __all__ = ["channel_hijack", "channel_importance", "least_important_channel", "p
 
 def _check_model(model: nn.Module) -> surgery.VGGParts:
     """split_vgg's checks (non-VGG, already manipulated) plus floating-point precision."""
-    parts = surgery.split_vgg(model)
+    if isinstance(model, nn.Module) and surgery.is_resnet(model):
+        raise TypeError("channel_hijack expected a torchvision VGG (it rewrites a channel read by the first FC layer); "
+                        "ResNets are not supported")
+    try:
+        parts = surgery.split_vgg(model)
+    except TypeError as error:
+        message = str(error).replace("expected a torchvision ResNet (`layer4` of blocks, `avgpool` a global average "
+                                     "pool, `fc` a Linear) or a torchvision VGG", "expected a torchvision VGG")
+        raise TypeError(f"channel_hijack: {message}") from None
     dtypes = {p.dtype for p in model.parameters()}
     if dtypes & {torch.float16, torch.bfloat16} or not all(d.is_floating_point for d in dtypes):
         raise TypeError(f"the model has {sorted(str(d).replace('torch.', '') for d in dtypes)} parameters: the "

@@ -47,6 +47,7 @@ __all__ = [
 PROFILES = ("embedded", "imagenette", "imagenet")
 STICKER_SEED = 1_000_003  # sticker positions of image i are drawn from STICKER_SEED + i
 EMBEDDED_DEFAULT_N = 2000
+ARCHITECTURES = ("vgg", "resnet")  # resnet: the compact ResNet (embedded profile only)
 
 
 def _readable(getter):
@@ -151,10 +152,14 @@ class TableTally:
 
 
 def check_settings(profile: str, limit: int | None, batch_size: int, dtype: torch.dtype,
-                   workers: int | None, data: str | None = None) -> None:
+                   workers: int | None, data: str | None = None, arch: str = "vgg") -> None:
     """ValueError/TypeError for arguments no run can use, before anything is loaded."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
+    if arch == "resnet" and profile != "embedded":
+        raise ValueError("arch 'resnet' is the compact ResNet trained on the synthetic scenes: use the embedded profile")
     for name, value, lowest in (("limit", limit, 1), ("batch_size", batch_size, 1), ("workers", workers, 0)):
         if value is None and name != "batch_size":
             continue
@@ -175,17 +180,19 @@ def _summary(error: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def load_model(profile: str, checkpoint: str | Path | None = None) -> nn.Module:
+def load_model(profile: str, checkpoint: str | Path | None = None, arch: str = "vgg") -> nn.Module:
     """The profile's original network in eval mode: the embedded compact VGG-16 (from its
     safetensors file, or `checkpoint`), else torchvision's VGG-16 (ImageNet weights, or a
-    `checkpoint` state_dict). A file that is missing, a folder, empty, not a weights file,
-    or weights of another architecture raises one clear error (ValueError / FileNotFoundError)."""
-    from lie_cam.models import load_embedded, load_vgg16
+    `checkpoint` state_dict); arch="resnet": the compact ResNet trained on the same scenes.
+    A file that is missing, a folder, empty, not a weights file, or weights of another
+    architecture raises one clear error (ValueError / FileNotFoundError)."""
+    from lie_cam.models import load_embedded, load_embedded_resnet, load_vgg16
 
+    embedded = load_embedded_resnet if arch == "resnet" else load_embedded
     if checkpoint is None:
-        return load_embedded() if profile == "embedded" else load_vgg16()
+        return embedded() if profile == "embedded" else load_vgg16()
     path = Path(checkpoint).expanduser()
-    expected = ("a safetensors state_dict of the embedded compact VGG-16 (as `python -m lie_cam.train --out FILE` "
+    expected = (f"a safetensors state_dict of the embedded compact {'ResNet' if arch == 'resnet' else 'VGG-16'} (as `python -m lie_cam.train --out FILE` "
                 "writes)" if profile == "embedded" else
                 "a torchvision VGG-16 state_dict (.safetensors, or .pth saved with torch.save(model.state_dict()))")
     if not path.exists():
@@ -195,18 +202,20 @@ def load_model(profile: str, checkpoint: str | Path | None = None) -> nn.Module:
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {path} is empty; expected {expected}")
     try:
-        return load_embedded(path) if profile == "embedded" else load_vgg16(path)
+        return embedded(path) if profile == "embedded" else load_vgg16(path)
     except Exception as error:  # safetensors' own errors, torch.load's, load_state_dict's
         raise ValueError(f"checkpoint {path} cannot be used: expected {expected} ({_summary(error)})") from error
 
 
-def _dataset(profile: str, data: str | None, limit: int | None) -> tuple[torch.utils.data.Dataset | None, int, str]:
+def _dataset(profile: str, data: str | None, limit: int | None,
+             arch: str = "vgg") -> tuple[torch.utils.data.Dataset | None, int, str]:
     """(dataset or None for the embedded scenes, number of images, description)."""
     from lie_cam.imagenet import load_profile
 
     if profile == "embedded":
         n = EMBEDDED_DEFAULT_N if limit is None else limit
-        return None, n, f"embedded compact VGG-16 on {n} synthetic test scenes (seeds {SPLITS['test']}+)"
+        model = "ResNet" if arch == "resnet" else "VGG-16"
+        return None, n, f"embedded compact {model} on {n} synthetic test scenes (seeds {SPLITS['test']}+)"
     dataset, description = load_profile(profile, data=data, limit=limit)
     return dataset, len(dataset), description
 
@@ -250,6 +259,7 @@ def run_reproduction(
     workers: int | None = None,
     progress: bool = True,
     model: nn.Module | None = None,
+    arch: str = "vgg",
 ) -> Reproduction:
     """Run the tables' evaluation and (if `out` is given) write the tables, results.json, run.json
     and figures there (rank 0 only, in a distributed run).
@@ -258,7 +268,7 @@ def run_reproduction(
     the model (`checkpoint`, or an already loaded `model`, which is moved to device and dtype).
     Inside a torch.distributed process group (torchrun) each process evaluates its shard of
     whole batches (`lie_cam.distributed.shard`) and the rows are combined over all of them."""
-    check_settings(profile, limit, batch_size, dtype, workers, data)
+    check_settings(profile, limit, batch_size, dtype, workers, data, arch)
     if model is not None and checkpoint is not None:
         raise ValueError("give a checkpoint or a loaded model, not both")
     group = distributed.current()
@@ -268,8 +278,8 @@ def run_reproduction(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device} was asked for but CUDA is not available here: use device='cpu'")
     started = time.time()
-    dataset, n, description = _dataset(profile, data, limit)  # data errors before the model
-    model = load_model(profile, checkpoint) if model is None else model
+    dataset, n, description = _dataset(profile, data, limit, arch)  # data errors before the model
+    model = load_model(profile, checkpoint, arch) if model is None else model
     indices = distributed.shard(n, batch_size, group.rank, group.world_size)
     with tf32_scope(tf32):
         model = model.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
@@ -317,7 +327,7 @@ def run_reproduction(
     images_per_rank = distributed.all_gather_counts(len(indices), group)
     settings = {"profile": profile, "limit": limit, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
                 "batch_size": batch_size, "autocast": None if autocast_dtype is None else str(autocast_dtype),
-                "tf32": tf32}
+                "tf32": tf32, "arch": arch}
     run = {"world_size": group.world_size, "images_per_rank": images_per_rank,
            "backend": group.backend, "torch": torch.__version__}
     reproduction = Reproduction(profile, description, rows, examples, time.time() - started, settings, run)

@@ -124,11 +124,13 @@ def constant_image(
 
 
 def semi_random(model: nn.Module, eps: float = 0.01, c_G: float = 1e4, c_F: float = 1e7, seed: int = 0,
-                build: str = "paper") -> ManipulatedModel:
+                build: str = "paper", downsample: int = 2) -> ManipulatedModel:
     """T3: a semi-random explanation c_F F(x) from a seeded random conv net F;
-    W_n = 0, b_n = b_o, y_n = y_o + eps mod(c_G sum A^{K+1}, 1): |y_n - y_o| <= eps."""
+    W_n = 0, b_n = b_o, y_n = y_o + eps mod(c_G sum A^{K+1}, 1): |y_n - y_o| <= eps.
+    downsample: F's convolutions run on the input averaged over 2^d x 2^d cells
+    (`lie_cam.branches.RandomBranch`; 0 is the paper's full-resolution F)."""
     build = _check_build(build, model)
-    branch = RandomBranch(seed=seed, pools=_halvings(model))
+    branch = RandomBranch(seed=seed, pools=_halvings(model), downsample=min(downsample, _halvings(model)))
     return _branch_model(model, BranchInjection(branch, c_F), eps, c_G, "T3", build)
 
 

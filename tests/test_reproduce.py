@@ -127,3 +127,16 @@ def test_tf32_flags_are_scoped(monkeypatch):
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = before
     assert torch.get_float32_matmul_precision() == precision  # readable: no mix of torch's two TF32 APIs
+
+
+def test_the_compact_resnet_reproduces_the_tables_guarantees(tmp_path):
+    rep = run_reproduction(profile="embedded", limit=6, batch_size=3, out=tmp_path, progress=False, arch="resnet")
+    assert "ResNet" in rep.description and rep.settings["arch"] == "resnet"
+    original = rep.row("original")["accuracy"]
+    for network in ("T1", "T2", "T3"):
+        assert rep.row(network)["accuracy"] == original
+    assert rep.row("T3")["score_change_max"] <= 0.01
+    assert rep.row("T4", "clean")["score_change_max"] == 0 and rep.row("T4", "sticker")["score_change_max"] <= 0.01
+    assert (tmp_path / "results.json").exists()
+    with pytest.raises(ValueError, match="embedded profile"):
+        run_reproduction(profile="imagenette", limit=2, arch="resnet", progress=False)
