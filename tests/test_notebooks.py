@@ -53,7 +53,7 @@ def test_install_cell_and_metadata_match_config(path):
     assert "hide-cell" in tags(install) and "Running this chapter" in nb.cells[ids.index(colab_cells.NOTE_ID)].source
     source = install.source
     assert f'REPOSITORY = "{url}"' in source and f'BRANCH = "{branch}"' in source
-    assert 'f"lie_cam @ git+{REPOSITORY}@{BRANCH}"' in source
+    assert re.search(r'f"lie_cam(\[[a-z,]+\])? @ git\+\{REPOSITORY\}@\{BRANCH\}"', source)
     assert "output.enable_custom_widget_manager()" in source
     assert " -e" not in source and "sys.path" not in source and "git clone" not in source
     # the set-up cell follows the install cell
