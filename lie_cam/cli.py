@@ -236,9 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(commands)
-    args, rest = parser.parse_known_args(argv)
+    try:
+        args, rest = parser.parse_known_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error (2, already printed as one line)
+        return int(stop.code or 0)
     if rest and not getattr(args, "forward_rest", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        print(f"{parser.prog}: error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
+        return EXIT_USAGE
     args.rest = rest
     try:
         return args.run(args)

@@ -186,8 +186,9 @@ def _load_state(model: nn.Module, state: dict, path: Path, what: str) -> nn.Modu
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise ValueError(f"{path} is not a {what} state_dict ({first}); expected the weights of {what}") from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = " ".join(lines[1:3] or lines)[:160]  # "size mismatch for ...", "Missing key(s) ..."
+        raise ValueError(f"not a {what} state_dict: {detail} (in {path})") from None
     return model
 
 
@@ -214,7 +215,7 @@ def load_embedded(path: str | Path | None = None, verify: bool = True) -> nn.Mod
     state = read_safetensors(path)
     if verify and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
         raise ValueError(f"{path} does not match the sha256 recorded in its recipe: the file was changed or corrupted")
-    return _load_state(compact_vgg16(**arch), state, path, f"compact VGG-16 {arch}").eval()
+    return _load_state(compact_vgg16(**arch), state, path, "compact VGG-16").eval()
 
 
 def load_vgg16(checkpoint: str | Path | None = None, pretrained: bool = True) -> nn.Module:
@@ -294,4 +295,4 @@ def load_embedded_resnet(path: str | Path | None = None, verify: bool = True) ->
     arch = dict(meta["architecture"])
     arch.pop("arch", None)
     model = compact_resnet(**{k: tuple(v) if k == "layers" else v for k, v in arch.items()})
-    return _load_state(model, read_safetensors(path), path, f"compact ResNet {arch}").eval()
+    return _load_state(model, read_safetensors(path), path, "compact ResNet").eval()

@@ -202,7 +202,7 @@ def test_cli_validates_before_any_work(tmp_path, capsys):
     assert main(["explainers", "--out", str(a_file / "sub"), "--limit", "2"]) == 2
     assert "is a file" in capsys.readouterr().err
     assert main(["explainers", "--out", str(tmp_path / "o"), "--limit", "0"]) == 2
-    assert "--limit must be a positive" in capsys.readouterr().err
+    assert "--limit: expected a positive integer, got 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
