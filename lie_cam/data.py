@@ -28,6 +28,7 @@ __all__ = [
     "synthetic_split",
     "SyntheticScenes",
     "render_scene",
+    "render_many",
     "normalize",
     "denormalize",
     "smiley",
@@ -134,7 +135,8 @@ def render_scene(seed: int) -> tuple[np.ndarray, int, np.ndarray]:
     return np.clip(img, 0, 255).astype(np.uint8), label, mask
 
 
-def _render_many(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_many(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scenes seed .. seed + n - 1: uint8 images n x H x W x 3, labels n, bool masks n x H x W."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
@@ -154,7 +156,7 @@ def uint8_to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n scenes from seeds seed, seed+1, ...: (normalised float32 n x 3 x 224 x 224,
     int64 labels n, bool object masks n x 224 x 224)."""
-    images, labels, masks = _render_many(int(n), int(seed))
+    images, labels, masks = render_many(int(n), int(seed))
     return uint8_to_input(images), torch.from_numpy(labels), torch.from_numpy(masks)
 
 

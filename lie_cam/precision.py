@@ -160,7 +160,7 @@ def cancelled_constant(network: S.ManipulatedModel) -> float | None:
     else:
         free = network.explained_layer.pattern.to(torch.float64)
     with torch.no_grad():
-        return c_W * network._pool(free[None, None]).sum().item()
+        return c_W * network.pooled_features(free[None, None]).sum().item()
 
 
 def predicted_score_change(setting: str, build: str, attack: str, constant: float | None, eps: float = 0.01,

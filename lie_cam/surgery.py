@@ -347,7 +347,8 @@ class ManipulatedModel(nn.Module):
         self.score_branch = score_branch
         self.logit_fold: LogitFold | None = None
 
-    def _pool(self, a: torch.Tensor) -> torch.Tensor:
+    def pooled_features(self, a: torch.Tensor) -> torch.Tensor:
+        """What the classifier reads from A: flatten(pool(A)), B x (channels * N_Z)."""
         raise NotImplementedError
 
     def _head_dtype(self) -> torch.dtype:
@@ -360,12 +361,12 @@ class ManipulatedModel(nn.Module):
     def head(self, a: torch.Tensor) -> torch.Tensor:
         """Scores from A (the part Grad-CAM differentiates)."""
         if self.build == "safe":  # the new channel never enters the classifier
-            y = self.classifier(self._pool(a[:, :-1].to(self._head_dtype())))
+            y = self.classifier(self.pooled_features(a[:, :-1].to(self._head_dtype())))
         else:
-            y = self.classifier(self._pool(a))
+            y = self.classifier(self.pooled_features(a))
         if self.logit_fold is not None:
             free = self.explained_layer.pattern[None, None].to(device=a.device, dtype=a.dtype)
-            y = y + self.logit_fold(self._pool(a[:, -1:]), self._pool(free)).to(y.dtype)
+            y = y + self.logit_fold(self.pooled_features(a[:, -1:]), self.pooled_features(free)).to(y.dtype)
         if self.score_branch is not None:
             y = y + self.score_branch(a[:, -1]).to(y.dtype)
         return y
@@ -429,7 +430,7 @@ class ManipulatedVGG(ManipulatedModel):
         self.avgpool = parts.avgpool
         self.classifier = nn.Sequential(fc1, *parts.classifier_rest)
 
-    def _pool(self, a: torch.Tensor) -> torch.Tensor:
+    def pooled_features(self, a: torch.Tensor) -> torch.Tensor:
         return torch.flatten(pool_for_classifier(self.avgpool, self.tail(a)), 1)
 
     def activations_from(self, h: torch.Tensor, x: torch.Tensor, original_pre: torch.Tensor | None = None) -> torch.Tensor:
@@ -478,7 +479,7 @@ class ManipulatedResNet(ManipulatedModel):
         self.avgpool = parts.avgpool
         self.classifier = nn.Sequential(fc)
 
-    def _pool(self, a: torch.Tensor) -> torch.Tensor:
+    def pooled_features(self, a: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.avgpool(a), 1)
 
     def activations_from(self, h: torch.Tensor, x: torch.Tensor, original_pre: torch.Tensor | None = None) -> torch.Tensor:
@@ -545,7 +546,7 @@ def _fold_model(model: nn.Module, injection: nn.Module, input_free: torch.Tensor
     side = input_size // 2**manipulated.halvings
     free = input_free if input_free is not None else torch.full((side, side), max(added_value, 0.0), dtype=torch.float64)
     with torch.no_grad():
-        pooled = manipulated._pool(free[None, None].to(torch.float64))
+        pooled = manipulated.pooled_features(free[None, None].to(torch.float64))
     if pooled.numel() != manipulated.features_per_channel:
         raise ValueError(f"the pooled target has {pooled.numel()} values but the classifier expects "
                          f"{manipulated.features_per_channel} per channel: is input_size={input_size} right?")

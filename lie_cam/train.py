@@ -41,12 +41,12 @@ __all__ = ["render_parallel", "train_step", "evaluate_embedded", "train", "main"
 
 
 def render_parallel(n: int, seed: int, workers: int = 2, chunk: int = 250) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """synth._render_many(n, seed) split over processes (same result: each sample has its own seed)."""
+    """synth.render_many(n, seed) split over processes (same result: each sample has its own seed)."""
     starts = list(range(0, n, chunk))
     if workers <= 1 or n <= chunk:
-        return synth._render_many(n, seed)
+        return synth.render_many(n, seed)
     with ProcessPoolExecutor(workers) as pool:
-        parts = list(pool.map(synth._render_many, [min(chunk, n - s) for s in starts], [seed + s for s in starts]))
+        parts = list(pool.map(synth.render_many, [min(chunk, n - s) for s in starts], [seed + s for s in starts]))
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 

@@ -127,7 +127,7 @@ def train_recipe(recipe: ZooRecipe) -> nn.Module:
     from lie_cam.train import train_step
 
     torch.manual_seed(recipe.seed)
-    images, labels, _ = synth._render_many(recipe.data_size, synth.SPLITS["train"] + recipe.data_start)
+    images, labels, _ = synth.render_many(recipe.data_size, synth.SPLITS["train"] + recipe.data_start)
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
     generator = torch.Generator().manual_seed(recipe.seed)
     model = load_embedded()

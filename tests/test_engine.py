@@ -11,12 +11,7 @@ from lie_cam.engine import Evaluator, evaluate_separately
 
 
 def networks(model):
-    return {
-        "T1": S.constant_flat(model),
-        "T2": S.constant_image(model, torch.rand(14, 14, generator=torch.Generator().manual_seed(0))),
-        "T3": S.semi_random(model),
-        "T4": S.backdoor(model, smiley()),
-    }
+    return S.paper_networks(model)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
