@@ -389,16 +389,18 @@ def write_precision(out: str | Path, limit: int = 64, progress: bool = True) -> 
 
 
 def summary_markdown(rows: list[dict]) -> str:
-    """The precision rows as a Markdown table: measured against predicted score change, flips, L1."""
+    """The precision rows as a Markdown table narrow enough for the book: the setting (`*`: emulated on
+    CPU; `, cast`: the model cast to the dtype, else autocast), measured against predicted score change,
+    flips, L1. precision.json keeps every field."""
     from lie_cam.plotting import markdown_table
 
     def short(value):
         return value.split(":")[0] if isinstance(value, str) else value
 
-    table = [{"setting": r["setting"] + (" (emulated)" if r["emulated"] else ""), "mode": r["mode"], "build": r["build"],
-              "attack": r["attack"], "accuracy change": r["accuracy_change"], "max score change": r["max_score_change"],
-              "predicted": r["predicted_score_change"], "flips": r["flips"], "overflow": ", ".join(r["overflow"]) or None,
-              "L1 to target": short(r["l1_to_target"])} for r in rows]
+    table = [{"setting": r["setting"] + ("*" if r["emulated"] else "") + (", cast" if r["mode"] == "cast model" else ""),
+              "build": r["build"], "attack": r["attack"], "max Δy": r["max_score_change"],
+              "predicted": r["predicted_score_change"], "flips": r["flips"], "L1": short(r["l1_to_target"])}
+             for r in rows]
     return markdown_table(table, floatfmt=".3g")
 
 

@@ -49,7 +49,8 @@ function describe(el) {
   let s = el.tagName.toLowerCase();
   if (el.id) s += '#' + el.id;
   if (el.className && typeof el.className === 'string') s += '.' + el.className.trim().split(/\s+/).slice(0, 2).join('.');
-  const t = (el.innerText || el.textContent || '').trim().replace(/\s+/g, ' ').slice(0, 60);
+  // by code points: cutting a surrogate pair in two makes the result unreadable for WebDriver
+  const t = Array.from((el.innerText || el.textContent || '').trim().replace(/\s+/g, ' ')).slice(0, 60).join('');
   return s + (t ? ' "' + t + '"' : '');
 }
 function exempt(el) {
