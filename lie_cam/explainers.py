@@ -577,9 +577,10 @@ def verdict_figure(matrix: Matrix, normalizations: Sequence[str] = NORMALIZATION
     methods = list(dict.fromkeys((r["library"], r["method"]) for r in rows))
     columns = list(dict.fromkeys((r["attack"], r["layer"]) for r in rows))
     cmap = ListedColormap([_COLOURS[v] for v in VERDICTS])
-    fig, axes = plt.subplots(1, len(normalizations), figsize=(0.42 * len(columns) * len(normalizations) + 4,
-                                                              0.32 * len(methods) + 2.2), squeeze=False)
-    for ax, norm in zip(axes[0], normalizations):
+    # One panel a row, at the text column's width (6.8 in), so that the labels print at 9 pt.
+    fig, axes = plt.subplots(len(normalizations), 1, figsize=(6.8, (0.19 * len(methods) + 2.0) * len(normalizations)),
+                             squeeze=False)
+    for ax, norm in zip(axes[:, 0], normalizations):
         grid = torch.full((len(methods), len(columns)), float("nan"))
         for r in rows:
             if r["normalization"] == norm:
@@ -587,16 +588,16 @@ def verdict_figure(matrix: Matrix, normalizations: Sequence[str] = NORMALIZATION
                     VERDICTS.index(r["verdict"])
         ax.imshow(grid.numpy(), cmap=cmap, vmin=-0.5, vmax=len(VERDICTS) - 0.5, aspect="auto")
         ax.set_xticks(range(len(columns)), [f"{a} @{'A' if w == 'explained' else 'ReLU'}" for a, w in columns],
-                      rotation=70, ha="right", fontsize=7)
-        ax.set_yticks(range(len(methods)), [f"{lib}: {m}" for lib, m in methods], fontsize=7)
-        ax.set_title(f"{norm} normalisation", fontsize=9)
+                      rotation=60, ha="right", fontsize=9)
+        ax.set_yticks(range(len(methods)), [f"{lib}: {m}" for lib, m in methods], fontsize=9)
+        ax.set_title(f"{norm} normalisation", fontsize=11)
         ax.set_xticks([i - 0.5 for i in range(1, len(columns))], minor=True)
         ax.set_yticks([i - 0.5 for i in range(1, len(methods))], minor=True)
         ax.grid(which="minor", color="white", linewidth=0.6)
         ax.tick_params(which="minor", length=0)
     fig.legend(handles=[Patch(color=_COLOURS[v], label=v) for v in VERDICTS], loc="lower center", ncol=4,
-               fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+               fontsize=10, frameon=False)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
 
