@@ -135,3 +135,32 @@ def test_retrained_model_elsewhere_is_checked_against_its_own_recipe(tmp_path):
     (tmp_path / "compact_vgg16.json").write_text(json.dumps(recipe))
     with pytest.raises(ValueError, match="sha256"):
         load_embedded(copy)
+
+
+def test_train_resnet_one_command_writes_a_loadable_model_and_its_recipe(tmp_path):
+    """`python -m lie_cam.train --arch resnet` end to end, cut to 2 steps: the recipe beside the
+    weights names the one command that made them and its sha256, and the loader accepts them."""
+    import json
+
+    from lie_cam.models import load_embedded_resnet, sha256_file
+    from lie_cam.train import main
+
+    out = tmp_path / "resnet.safetensors"
+    main(["--arch", "resnet", "--train-size", "128", "--epochs", "1", "--max-steps", "2", "--test-size", "20",
+          "--workers", "1", "--out", str(out)])
+    recipe = json.loads(out.with_suffix(".json").read_text())
+    assert recipe["sha256"] == sha256_file(out) and recipe["training"]["init"] is None
+    assert recipe["training"]["steps"] == 2 and recipe["command"].startswith("python -m lie_cam.train --arch resnet")
+    model = load_embedded_resnet(out)
+    assert model.fc.out_features == 10 and not model.training
+
+
+def test_train_defaults_depend_on_the_architecture(monkeypatch):
+    from lie_cam import train as T
+
+    seen = {}
+    monkeypatch.setattr(T, "train", lambda **kw: seen.update(kw))
+    T.main(["--arch", "resnet"])
+    assert (seen["train_size"], seen["epochs"]) == (6000, 13) == tuple(T.ARCH_DEFAULTS["resnet"].values())
+    T.main(["--arch", "vgg", "--epochs", "2"])
+    assert (seen["train_size"], seen["epochs"]) == (12_000, 2)
