@@ -112,8 +112,8 @@ def reevaluate_shipped(test_size: int = 1000) -> dict:
 
 def train(
     out: Path = EMBEDDED_WEIGHTS,
-    train_size: int = 12_000,
-    epochs: int = 6,
+    train_size: int | None = None,
+    epochs: int | None = None,
     batch_size: int = 64,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
@@ -136,9 +136,12 @@ def train(
 
     init: start from a saved model instead of from scratch (a folded, batch-norm free VGG, or a compact ResNet).
     arch: "vgg" (the embedded compact VGG-16) or "resnet" (`compact_resnet(resnet_width, resnet_layers)`).
+    train_size, epochs: None takes the architecture's `ARCH_DEFAULTS`.
     """
-    if arch not in ("vgg", "resnet"):
+    if arch not in ARCH_DEFAULTS:
         raise ValueError(f"arch must be 'vgg' or 'resnet', got {arch!r}")
+    train_size = ARCH_DEFAULTS[arch]["train_size"] if train_size is None else train_size
+    epochs = ARCH_DEFAULTS[arch]["epochs"] if epochs is None else epochs
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     started = time.time()
@@ -270,8 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(reevaluate_shipped(args.test_size), indent=2))
         return
     out = args.out or (RESNET_WEIGHTS if args.arch == "resnet" else EMBEDDED_WEIGHTS)
-    defaults = ARCH_DEFAULTS[args.arch]
-    train(out=out, train_size=args.train_size or defaults["train_size"], epochs=args.epochs or defaults["epochs"], batch_size=args.batch_size, lr=args.lr,
+    train(out=out, train_size=args.train_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
           seed=args.seed, device=args.device, max_steps=args.max_steps, test_size=args.test_size, init=args.init,
           arch=args.arch, workers=args.workers)
 

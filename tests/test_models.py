@@ -159,8 +159,17 @@ def test_train_defaults_depend_on_the_architecture(monkeypatch):
     from lie_cam import train as T
 
     seen = {}
-    monkeypatch.setattr(T, "train", lambda **kw: seen.update(kw))
-    T.main(["--arch", "resnet"])
-    assert (seen["train_size"], seen["epochs"]) == (6000, 13) == tuple(T.ARCH_DEFAULTS["resnet"].values())
-    T.main(["--arch", "vgg", "--epochs", "2"])
-    assert (seen["train_size"], seen["epochs"]) == (12_000, 2)
+
+    def render(n, seed, workers=2, chunk=250):  # stop right after the sizes are resolved
+        seen["train_size"] = n
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "render_parallel", render)
+    cases = [(["--arch", "resnet"], 6000), (["--arch", "vgg"], 12_000), (["--arch", "resnet", "--train-size", "64"], 64)]
+    for argv, expected in cases:
+        with pytest.raises(KeyboardInterrupt):
+            T.main(argv)
+        assert seen["train_size"] == expected, argv
+    assert T.ARCH_DEFAULTS["resnet"] == {"train_size": 6000, "epochs": 13}
+    with pytest.raises(ValueError, match="arch must be"):
+        T.train(arch="densenet")
