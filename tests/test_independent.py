@@ -103,3 +103,23 @@ def test_distances_equal_the_projects(both):
                                                                                            theirs[k][field])
         assert r["n"] == theirs[k]["n"] == 2
         assert r["pointing"] == pytest.approx(theirs[k]["pointing"]), (k, "pointing")
+
+
+def test_a_method_that_raises_gives_error_rows_that_json_can_hold(both):
+    """An error cell has no distances (None, as in the project's matrix), and the report still renders."""
+    import json
+
+    from lie_cam.book import setup
+
+    def crash(net, layer, x, classes):  # like stock AblationCAM: fine on the original, not on a manipulated net
+        if net is material.model:
+            return im.captum_layer_gradcam(net, layer, x, classes)
+        raise RuntimeError("boom")
+
+    ch = setup(n=2, device="cpu")
+    material = im.build_material(ch.model, ch.x, ch.masks, ["T1"])
+    rows, _ = im.measure(material, [im.Method("fake", "Crash", False, crash)], ["T1"], im.LAYERS)
+    assert {r["verdict"] for r in rows} == {"error"} and all(r["l1_to_target"] is None for r in rows)
+    json.dumps(rows, allow_nan=False)
+    report = im.agreement_markdown(rows, rows, {})
+    assert "Agreement: 4 / 4 cells" in report and "| fake | default | explained | 1 | 1 |" in report

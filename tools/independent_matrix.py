@@ -1,10 +1,10 @@
 """An independent re-measurement of the "which explainers lie" verdict matrix.
 
-    python tools/independent_matrix.py --matrix book/explainers --limit 8 --costly-limit 2 --out DIR
+    python tools/independent_matrix.py --matrix book/explainers --limit 32 --costly-limit 4 --out DIR
 
 writes DIR/independent.json (rows with the matrix's keys), DIR/independent_run.json (settings,
 timings, faithfulness checks) and DIR/agreement.md (this script's verdicts against
-DIR_matrix/matrix.json, cell by cell), and prints the agreement.
+the --matrix folder's matrix.json, cell by cell), and prints the agreement.
 
 Only the attacked networks and the data come from lie_cam (`lie_cam.book.setup`,
 `lie_cam.surgery.paper_networks`, `anchored_flat`/`zero_sum_backdoor`, `paste_stickers`,
@@ -357,7 +357,7 @@ def measure(material: Material, method_list: Iterable[Method], attacks: Sequence
                     log(f"  {m.library}/{m.method}/{attack}/{layer}: {type(exc).__name__}: {exc}")
                     for norm in NORMALIZATIONS:
                         rows.append(dict(library=m.library, method=m.method, attack=attack, normalization=norm,
-                                         layer=layer, l1_to_target=float("nan"), l1_to_honest=float("nan"),
+                                         layer=layer, l1_to_target=None, l1_to_honest=None,
                                          pointing=None, verdict="error", n=int(x.shape[0])))
                     continue
                 checks += [e_n.check] if e_n.check is not None else []
@@ -407,8 +407,12 @@ def agreement(ours: list[dict], theirs: list[dict]) -> tuple[int, int, list[tupl
     return len(both) - len(differ), len(both), differ
 
 
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
 def _fmt(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
+    return f"{v:.3f}" if _finite(v) else "-"
 
 
 def agreement_markdown(ours: list[dict], theirs: list[dict], settings: dict) -> str:
@@ -439,7 +443,7 @@ def agreement_markdown(ours: list[dict], theirs: list[dict], settings: dict) -> 
     # Distances, where both measured the same number of images: how close the two measurements are
     same_n = [(r, their_rows[key(r)]) for r in ours if key(r) in their_rows and r["n"] == their_rows[key(r)]["n"]]
     gaps = [(abs(a[f] - b[f]), a, f) for a, b in same_n for f in ("l1_to_target", "l1_to_honest")
-            if math.isfinite(a[f]) and math.isfinite(b[f])]
+            if _finite(a[f]) and _finite(b[f])]
     if gaps:
         worst = max(gaps, key=lambda g: g[0])
         lines += ["", f"Distances on {len(same_n)} cells with the same number of images: "
@@ -447,7 +451,7 @@ def agreement_markdown(ours: list[dict], theirs: list[dict], settings: dict) -> 
                   f"({'/'.join(str(worst[1][f]) for f in KEY_FIELDS)}, {worst[2]})."]
     # Closest calls: the smallest change of one mean distance that would flip our verdict
     close = sorted(((flip_margin(r["l1_to_target"], r["l1_to_honest"], 196), r) for r in ours
-                    if math.isfinite(r["l1_to_target"]) and math.isfinite(r["l1_to_honest"])), key=lambda p: p[0])
+                    if _finite(r["l1_to_target"]) and _finite(r["l1_to_honest"])), key=lambda p: p[0])
     ties = [r for m, r in close if r["verdict"] == "fooled" and abs(r["l1_to_target"] - r["l1_to_honest"]) <= TIE * 196]
     lines += ["", f"{len(ties)} fooled cells are ties (l1_to_target = l1_to_honest within 1e-6 N_A: the intended map "
               f"is the honest one), in attacks {sorted({r['attack'] for r in ties})}.",
@@ -479,8 +483,8 @@ def agreement_markdown(ours: list[dict], theirs: list[dict], settings: dict) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--matrix", default="book/explainers", help="folder with the project's matrix.json")
-    parser.add_argument("--limit", type=int, default=8, help="test images (the first ones of setup(n=limit))")
-    parser.add_argument("--costly-limit", type=int, default=2, help="images for Score-CAM")
+    parser.add_argument("--limit", type=int, default=32, help="test images (the first ones of setup(n=limit))")
+    parser.add_argument("--costly-limit", type=int, default=4, help="images for Score-CAM")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--methods", nargs="*", default=None, help="library/method names to keep (default: all)")
     parser.add_argument("--attacks", nargs="*", default=list(ATTACKS))
@@ -509,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     log=lambda s: print(s, file=sys.stderr, flush=True))
         seconds = time.perf_counter() - start
         out.mkdir(parents=True, exist_ok=True)
-        (out / "independent.json").write_text(json.dumps(rows, indent=1))
+        (out / "independent.json").write_text(json.dumps(rows, indent=1, allow_nan=False))
         settings = {"images": args.limit, "costly_limit": args.costly_limit, "tau": TAU,
                     "seconds": round(seconds, 1), "threads": torch.get_num_threads(), "t4_honest": args.t4_honest,
                     "t3_downsample": args.t3_downsample}
