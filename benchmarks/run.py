@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lie_cam.compat import import_torchvision  # noqa: E402
 from lie_cam.data import SyntheticScenes, paste_stickers  # noqa: E402
-from lie_cam.engine import Evaluator  # noqa: E402
+from lie_cam.experiments.engine import Evaluator  # noqa: E402
 from lie_cam.gradcam import gradcam, target_layer  # noqa: E402
 from lie_cam.imagenet import ImageNetFolder, make_loader  # noqa: E402
-from lie_cam.reproduce import STICKER_SEED, tf32_scope  # noqa: E402
-from lie_cam.surgery import paper_networks  # noqa: E402
+from lie_cam.experiments.reproduce import STICKER_SEED, tf32_scope  # noqa: E402
+from lie_cam.attacks import paper_networks  # noqa: E402
 
 GOALS = {
     "gradcam_speedup_vs_pytorch_grad_cam": 2.5,

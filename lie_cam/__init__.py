@@ -1,7 +1,9 @@
 """lie_cam: Grad-CAM, the weight surgery that makes it lie (T1-T4), and the paper's metrics.
 
     from lie_cam import gradcam, target_layer
-    from lie_cam import surgery, metrics, data, models
+    from lie_cam import anatomy, metrics, data, models      # the core
+    from lie_cam import attacks, audit, explore             # the wings
+    from lie_cam import experiments                         # the commands that write files
 
 Importing the package does no work: modules are loaded on first use.
 """
@@ -13,33 +15,26 @@ from typing import Any
 
 from lie_cam.gradcam import GradCAMResult, gradcam, head_gradcam, target_layer
 
-# Submodules, loaded on first use (one name a line, so that additions merge cleanly).
+# The core, flat (one module per concept), then the wings and the experiments, each a subpackage;
+# all loaded on first use (one name a line, so that additions merge cleanly).
 _SUBMODULES = (
-    "adapters",
+    "anatomy",
     "book",
-    "branches",
     "cli",
     "compat",
     "data",
-    "distributed",
-    "detectors",
-    "engine",
-    "explainers",
-    "hijack",
     "imagenet",
     "metrics",
     "models",
     "normalization",
     "plotting",
-    "precision",
-    "report",
-    "reproduce",
+    "profiles",
     "resources",
-    "sliders",
-    "surgery",
     "train",
-    "widgets",
-    "zoo",
+    "attacks",
+    "audit",
+    "experiments",
+    "explore",
 )
 __all__ = ["GradCAMResult", "gradcam", "head_gradcam", "target_layer", *_SUBMODULES]
 __version__ = "0.1.0"

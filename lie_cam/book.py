@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["PROFILE_VARIABLE", "PROFILES", "Chapter", "current_profile", "setup", "imagenet_class_names"]
+from lie_cam.profiles import DEFAULT_PROFILE, PROFILE_VARIABLE, PROFILES, check_profile
 
-PROFILE_VARIABLE = "LIE_CAM_PROFILE"
-PROFILES = ("embedded", "imagenette", "imagenet")
+__all__ = ["PROFILE_VARIABLE", "PROFILES", "Chapter", "current_profile", "setup", "imagenet_class_names"]
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Chapter:
 
 def current_profile() -> str:
     """The profile named by $LIE_CAM_PROFILE, "embedded" when it is unset."""
-    profile = os.environ.get(PROFILE_VARIABLE, "embedded").strip().lower() or "embedded"
+    profile = os.environ.get(PROFILE_VARIABLE, DEFAULT_PROFILE).strip().lower() or DEFAULT_PROFILE
     if profile not in PROFILES:
         raise ValueError(f"{PROFILE_VARIABLE}={os.environ[PROFILE_VARIABLE]!r} is not a profile: "
                          f"expected one of {list(PROFILES)}")
@@ -79,9 +78,7 @@ def setup(n: int = 16, profile: str | None = None, device: torch.device | str | 
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive number of images, got {n!r}")
-    profile = current_profile() if profile is None else str(profile).strip().lower()
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}: expected one of {list(PROFILES)}")
+    profile = current_profile() if profile is None else check_profile(str(profile).strip().lower())
     device = torch.device(device) if device is not None else try_gpu()
     if profile == "embedded":
         from lie_cam.data import CLASS_NAMES, synthetic_split

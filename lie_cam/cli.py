@@ -6,7 +6,7 @@ checked before any work, with the shared helpers below (`positive_int`, `non_neg
 `check_device`, `check_output_dir`); every error is one line on stderr and exit code 2.
 
 Several processes: `torchrun --standalone --nproc-per-node N -m lie_cam reproduce ...`
-(see `lie_cam.distributed`); rank 0 prints and writes, every process evaluates its shard.
+(see `lie_cam.experiments.distributed`); rank 0 prints and writes, every process evaluates its shard.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Callable, NoReturn
+
+from lie_cam.profiles import PROFILES
 
 __all__ = ["main", "COMMANDS", "positive_int", "non_negative_int", "check_device", "UsageError"]
 
@@ -61,7 +63,7 @@ def check_device(requested: str | None):
     name is not a device or the device is not here."""
     import torch
 
-    from lie_cam.distributed import device_for
+    from lie_cam.experiments.distributed import device_for
 
     if requested is not None:
         try:
@@ -91,7 +93,7 @@ def _add_reproduce(commands: argparse._SubParsersAction) -> None:
     rep = commands.add_parser("reproduce", help="Tables 1-2 and Figures 1 and 3 of the paper",
                               description="Tables 1-2 and Figures 1 and 3 of the paper. On several processes: "
                                           "torchrun --standalone --nproc-per-node N -m lie_cam reproduce ...")
-    rep.add_argument("--profile", choices=["embedded", "imagenette", "imagenet"], default="embedded")
+    rep.add_argument("--profile", choices=PROFILES, default="embedded")
     rep.add_argument("--data", default=None,
                      help="dataset folder (imagenet: required; imagenette: download root; embedded: not used)")
     rep.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images")
@@ -114,9 +116,9 @@ def _add_reproduce(commands: argparse._SubParsersAction) -> None:
 def _reproduce(args: argparse.Namespace) -> int:
     import torch
 
-    from lie_cam import distributed
-    from lie_cam.report import check_output_dir
-    from lie_cam.reproduce import check_settings, run_reproduction
+    from lie_cam.experiments import distributed
+    from lie_cam.experiments.report import check_output_dir
+    from lie_cam.experiments.reproduce import check_settings, run_reproduction
 
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     autocast = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -142,13 +144,13 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
-# explainers (lie_cam.explainers), detect (lie_cam.detectors), precision (lie_cam.precision)
+# explainers (lie_cam.experiments.matrix), detect (.detection), precision (.precision)
 # ---------------------------------------------------------------------------
 
 
 def _add_explainers(commands: argparse._SubParsersAction) -> None:
     exp = commands.add_parser("explainers", help="which CAM methods of pytorch-grad-cam, captum and torchcam T1-T4 fool")
-    exp.add_argument("--profile", choices=["embedded", "imagenette", "imagenet"], default="embedded")
+    exp.add_argument("--profile", choices=PROFILES, default="embedded")
     exp.add_argument("--limit", type=positive_int, default=32, help="evaluate the first N images (default 32)")
     exp.add_argument("--costly-limit", type=positive_int, default=4,
                      help="images for the score/ablation methods, ~K+1 forwards per image each (default 4)")
@@ -159,8 +161,8 @@ def _add_explainers(commands: argparse._SubParsersAction) -> None:
 
 
 def _explainers(args: argparse.Namespace) -> int:
-    from lie_cam.explainers import matrix_markdown, run_explainers
-    from lie_cam.report import check_output_dir
+    from lie_cam.experiments.matrix import matrix_markdown, run_explainers
+    from lie_cam.experiments.report import check_output_dir
 
     device = check_device(args.device)
     check_output_dir(args.out)
@@ -180,8 +182,8 @@ def _add_detect(commands: argparse._SubParsersAction) -> None:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from lie_cam.detectors import run_detection
-    from lie_cam.report import check_output_dir
+    from lie_cam.experiments.detection import run_detection
+    from lie_cam.experiments.report import check_output_dir
 
     check_output_dir(args.out)
     result = run_detection(args.out, zoo=args.zoo, threads=args.threads)
@@ -199,8 +201,8 @@ def _add_precision(commands: argparse._SubParsersAction) -> None:
 
 
 def _precision(args: argparse.Namespace) -> int:
-    from lie_cam.precision import summary_markdown, write_precision
-    from lie_cam.report import check_output_dir
+    from lie_cam.experiments.precision import summary_markdown, write_precision
+    from lie_cam.experiments.report import check_output_dir
 
     check_output_dir(args.out)
     result = write_precision(args.out, limit=args.limit, progress=not args.no_progress)

@@ -21,6 +21,7 @@ import torch
 from lie_cam.normalization import denormalize, normalize
 
 __all__ = [
+    "STICKER_SEED",
     "CLASS_NAMES",
     "SPLITS",
     "IMAGE_SIZE",
@@ -194,6 +195,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------
 
 STICKER_SIZE = 14
+STICKER_SEED = 1_000_003  # the tables' sticker positions of image i are drawn from STICKER_SEED + i
 _SMILEY_BLACK = [(1, 2), (1, 4), (3, 3), (4, 1), (4, 5), (5, 2), (5, 3), (5, 4)]
 
 

@@ -76,7 +76,7 @@ def upsample(maps: torch.Tensor, size: int | tuple[int, int] = 224) -> torch.Ten
 def target_layer(model: nn.Module) -> nn.Module:
     """The module whose output is A: the last conv layer's activations after its ReLU.
 
-    Manipulated models from `lie_cam.surgery` expose it as `model.explained_layer`
+    Manipulated models from `lie_cam.attacks` expose it as `model.explained_layer`
     (their (K+1)-th channel is part of its output). For torchvision VGG models it is
     the ReLU right after the last Conv2d of `model.features` (and its BatchNorm2d in vgg*_bn). For torchvision ResNets (any
     depth or width: `layer4` an nn.Sequential of blocks, then `avgpool` and `fc`) it is the
@@ -108,7 +108,7 @@ def target_layer(model: nn.Module) -> nn.Module:
         f"cannot find Grad-CAM's layer in a {type(model).__name__}: expected a torchvision VGG "
         "(a `features` nn.Sequential whose last Conv2d is followed by a ReLU), a torchvision ResNet "
         "(`layer4` and `fc`) or a model from "
-        "lie_cam.surgery; pass layer=... to name the module whose output is A"
+        "lie_cam.attacks; pass layer=... to name the module whose output is A"
     )
 
 
@@ -215,7 +215,7 @@ def head_gradcam(
 ) -> GradCAMResult:
     """Grad-CAM from A itself: y = head(A), dy_c/dA by a backward through the head only.
 
-    For callers that already hold A (B x K x H x W), such as `lie_cam.engine`, which runs the
+    For callers that already hold A (B x K x H x W), such as `lie_cam.experiments.engine`, which runs the
     trunk once for several networks; `gradcam` is this with A taken from a forward hook.
     """
     if not isinstance(activations, torch.Tensor) or activations.dim() != 4:

@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lie_cam.compat import import_torchvision
+from lie_cam.profiles import PROFILES
 from lie_cam.resources import data_dir
 from lie_cam.normalization import IMAGENET_MEAN, IMAGENET_STD
 
@@ -32,7 +33,7 @@ __all__ = [
     "WNIDS_FILE",
     "IMAGE_EXTENSIONS",
     "IMAGENETTE_WNIDS",
-    "PROFILES",
+    "IMAGENET_PROFILES",
     "preprocess",
     "imagenet_wnids",
     "wnid_to_index",
@@ -47,7 +48,7 @@ __all__ = [
 
 WNIDS_FILE = data_dir() / "imagenet_wnids.txt"
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
-PROFILES = ("imagenette", "imagenet")
+IMAGENET_PROFILES = tuple(p for p in PROFILES if p != "embedded")  # the profiles served here
 
 # The ten Imagenette synsets (tench, English springer, cassette player, chain saw, church,
 # French horn, garbage truck, gas pump, golf ball, parachute); labels come from the wnid file.
@@ -289,7 +290,7 @@ def load_profile(profile: str, data: str | Path | None = None, limit: int | None
         dataset = ImageNetFolder(data, limit=limit)
         kind = "ImageNet (ILSVRC2012) validation images"
     else:
-        raise ValueError(f"unknown profile {profile!r}: valid profiles here are {list(PROFILES)} "
+        raise ValueError(f"unknown profile {profile!r}: valid profiles here are {list(IMAGENET_PROFILES)} "
                          "(the 'embedded' profile is served by lie_cam.data)")
     subset = f", first {limit} interleaved by class" if limit is not None else ""
     description = f"{kind}: {len(dataset)} images, {len(set(dataset.targets))} classes ({dataset.root}{subset})"

@@ -3,7 +3,8 @@
 The compact model is torchvision's VGG class with configuration D (13 conv layers,
 the same layer structure and indices as VGG-16) at a fraction of the width, with a
 narrow classifier. Everything loads without pickle: safetensors for the shipped file,
-`torch.load(weights_only=True)` for user checkpoints.
+`torch.load(weights_only=True)` for user checkpoints; `load_model_file` is the one loader for a model
+file of unknown origin (a VGG state_dict whose layout is checked before anything is built).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ __all__ = [
     "RESNET_WEIGHTS",
     "compact_resnet",
     "load_embedded_resnet",
+    "ModelLike",
+    "vgg_state_dict_problems",
+    "vgg_from_state_dict",
+    "load_model_file",
+    "as_model",
 ]
 
 DATA_DIR = data_dir()  # the shipped files, for editable and regular installs alike
@@ -296,3 +302,95 @@ def load_embedded_resnet(path: str | Path | None = None, verify: bool = True) ->
     arch.pop("arch", None)
     model = compact_resnet(**{k: tuple(v) if k == "layers" else v for k, v in arch.items()})
     return _load_state(model, read_safetensors(path), path, "compact ResNet").eval()
+
+
+# ---------------------------------------------------------------------------
+# Model files of unknown origin (never pickle)
+# ---------------------------------------------------------------------------
+
+ModelLike = nn.Module | str | Path
+
+
+def vgg_state_dict_problems(state: dict[str, torch.Tensor]) -> list[str]:
+    """Deviations of a state_dict from torchvision's VGG (no batch norm) layout."""
+    problems = []
+    features, classifier = {}, {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] not in ("features", "classifier") or not parts[1].isdigit() \
+                or parts[2] not in ("weight", "bias"):
+            problems.append(f"unexpected key {key}")
+            continue
+        (features if parts[0] == "features" else classifier).setdefault(int(parts[1]), {})[parts[2]] = value
+    if not features or len(classifier) != 3:
+        problems.append(f"expected conv layers under features.* and 3 Linear layers under classifier.*, "
+                        f"got {len(features)} and {len(classifier)}")
+        return problems
+    channels, previous = 3, None
+    for i in sorted(features):
+        layer = features[i]
+        w, b = layer.get("weight"), layer.get("bias")
+        if w is None or b is None or w.dim() != 4 or tuple(w.shape[2:]) != (3, 3) or b.shape != w.shape[:1]:
+            problems.append(f"features.{i} is not a 3x3 Conv2d with bias")
+            continue
+        if w.shape[1] != channels:
+            problems.append(f"features.{i} reads {w.shape[1]} channels, the previous layer gives {channels}")
+        if previous is not None and i - previous not in (2, 3):
+            problems.append(f"features.{i}: index gap {i - previous} after features.{previous} (expected 2 or 3)")
+        channels, previous = w.shape[0], i
+    if sorted(classifier) != [0, 3, 6]:
+        problems.append(f"classifier Linear layers at {sorted(classifier)}, torchvision has 0, 3, 6")
+    dims = []
+    for i in sorted(classifier):
+        w, b = classifier[i].get("weight"), classifier[i].get("bias")
+        if w is None or b is None or w.dim() != 2 or b.shape != w.shape[:1]:
+            problems.append(f"classifier.{i} is not a Linear with bias")
+            return problems
+        dims.append(tuple(w.shape))
+    if dims[0][1] != channels * 49:
+        problems.append(f"classifier.0 reads {dims[0][1]} inputs, not {channels} channels x 7 x 7")
+    for (out_prev, _), (out, inp) in zip(dims, dims[1:]):
+        if inp != out_prev:
+            problems.append(f"classifier Linear reads {inp} inputs after a layer with {out_prev} outputs")
+    return problems
+
+
+def vgg_from_state_dict(state: dict[str, torch.Tensor]) -> nn.Module:
+    """A torchvision VGG (configuration read off the conv shapes, a pool after each block whose
+    index gap says so, a 3-Linear classifier) with `state` loaded, in eval mode. ValueError when the
+    state_dict is not of that layout (`architecture_problems` says why)."""
+    problems = vgg_state_dict_problems(state)
+    if problems:
+        raise ValueError("not a torchvision VGG state_dict: " + "; ".join(problems[:5]))
+    import_torchvision()
+    from torchvision.models.vgg import VGG, make_layers
+
+    convs = sorted(int(k.split(".")[1]) for k in state if k.startswith("features.") and k.endswith(".weight"))
+    config: list = []
+    for n, i in enumerate(convs):
+        config.append(state[f"features.{i}.weight"].shape[0])
+        following = convs[n + 1] if n + 1 < len(convs) else None
+        if following is None or following - i == 3:
+            config.append("M")
+    fcs = sorted(int(k.split(".")[1]) for k in state if k.startswith("classifier.") and k.endswith(".weight"))
+    model = VGG(make_layers(config), num_classes=state[f"classifier.{fcs[-1]}.weight"].shape[0], init_weights=False)
+    dims = [state[f"classifier.{i}.weight"].shape for i in fcs]
+    model.classifier = nn.Sequential(nn.Linear(dims[0][1], dims[0][0]), nn.ReLU(True), nn.Dropout(),
+                                     nn.Linear(dims[1][1], dims[1][0]), nn.ReLU(True), nn.Dropout(),
+                                     nn.Linear(dims[2][1], dims[2][0]))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_model_file(path: str | Path) -> nn.Module:
+    """A VGG from a weights file (safetensors, or torch.load(weights_only=True))."""
+    return vgg_from_state_dict(read_state_dict(path))
+
+
+def as_model(model: ModelLike) -> nn.Module:
+    """A module as it is, or the VGG in a weights file."""
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, (str, Path)):
+        return load_model_file(model)
+    raise TypeError(f"expected an nn.Module or the path of a weights file, got {type(model).__name__}")

@@ -40,7 +40,6 @@ __all__ = [
     "line_figure",
     "histogram_figure",
     "markdown_table",
-    "ours_and_paper_table",
     "raw_map",
     "panel_axes",
     "sticker_window",
@@ -410,6 +409,49 @@ def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] 
     return "\n".join(lines)
 
 
+class _Canvas:
+    """Boxes and arrows on a 100 x 54 axes, for `manipulation_diagram`."""
+
+    plain = "0.25"
+
+    def __init__(self, ax) -> None:
+        self.ax = ax
+
+    def box(self, x: float, y: float, text: str, colour: str = plain, w: float = 12.0, h: float = 9.0) -> tuple:
+        from matplotlib.patches import FancyBboxPatch
+
+        self.ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.4,rounding_size=1.2",
+                                         facecolor="white" if colour == self.plain else "#fde8e8", edgecolor=colour,
+                                         lw=1.4))
+        self.ax.text(x, y, text, ha="center", va="center", fontsize=FONT, color="black")
+        return x, y, w, h
+
+    def arrow(self, a: tuple, b: tuple, colour: str = plain, start: str = "right", end: str = "left") -> None:
+        def anchor(bx: tuple, where: str) -> tuple[float, float]:
+            x, y, w, h = bx
+            return {"right": (x + w / 2 + 0.6, y), "left": (x - w / 2 - 0.6, y),
+                    "top": (x, y + h / 2 + 0.6), "bottom": (x, y - h / 2 - 0.6)}[where]
+
+        self.ax.annotate("", xy=anchor(b, end), xytext=anchor(a, start),
+                         arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.4, shrinkA=0, shrinkB=0))
+
+
+def _draw_branch(c: _Canvas, x_in: tuple, a_new: tuple, technique: str | None, added: str, top: float) -> None:
+    """T3/T4's branch F into A^{K+1} and the score branch G added to every score."""
+    show_all = technique is None
+    f = c.box(13, 12, "branch $F$\n" + ("(T3, T4)" if show_all else
+                                        "random CNN" if technique == "T3" else "sticker det."), colour=added, w=15)
+    c.arrow(x_in, f, colour=added, start="bottom", end="top")
+    c.arrow(f, a_new, colour=added)
+    c.ax.text(21.5, 21, "$c_F F(x)$", ha="center", va="bottom", fontsize=FONT, color=added)
+    g = c.box(67, 6, "$G = \\varepsilon\\, \\mathrm{mod}(c_G \\sum A^{K+1}, 1)$", colour=added, w=31, h=7)
+    c.arrow(a_new, g, colour=added, start="right", end="left")
+    c.ax.plot([83.1, 94], [6, 6], color=added, lw=1.4)
+    c.ax.annotate("", xy=(94, top - 2.4), xytext=(94, 6),
+                  arrowprops=dict(arrowstyle="-|>", color=added, lw=1.4, shrinkA=0, shrinkB=0))
+    c.ax.text(92.5, 21, "$+\\,G$ on\nevery score", ha="right", va="center", fontsize=FONT, color=added)
+
+
 def manipulation_diagram(technique: str | None = None) -> Figure:
     """The manipulated network (the paper's Figure 2) as a block diagram: VGG-16's path
     image -> conv layers -> A^1..A^K -> pooling -> FC1 -> FC2, FC3 -> y, and in red what the
@@ -422,44 +464,22 @@ def manipulation_diagram(technique: str | None = None) -> Figure:
         raise ValueError(f"technique must be 'T1', 'T2', 'T3', 'T4' or None, got {technique!r}")
     show_all = technique is None
     branch = show_all or technique in ("T3", "T4")
-    fold = show_all or technique in ("T1", "T2")
-    added, plain = "tab:red", "0.25"
+    added, plain = "tab:red", _Canvas.plain
     fig = Figure(figsize=(WIDTH, 3.9), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 54)
     ax.axis("off")
-
-    def box(x: float, y: float, text: str, colour: str = plain, w: float = 12.0, h: float = 9.0) -> tuple:
-        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.4,rounding_size=1.2",
-                                    facecolor="white" if colour == plain else "#fde8e8", edgecolor=colour, lw=1.4))
-        ax.text(x, y, text, ha="center", va="center", fontsize=FONT, color="black")
-        return x, y, w, h
-
-    def arrow(a: tuple, b: tuple, colour: str = plain, text: str | None = None, side: str = "top",
-              start: str = "right", end: str = "left", dy: float = 0.0) -> None:
-        def anchor(bx: tuple, where: str) -> tuple[float, float]:
-            x, y, w, h = bx
-            return {"right": (x + w / 2 + 0.6, y), "left": (x - w / 2 - 0.6, y),
-                    "top": (x, y + h / 2 + 0.6), "bottom": (x, y - h / 2 - 0.6)}[where]
-
-        p, q = anchor(a, start), anchor(b, end)
-        ax.annotate("", xy=q, xytext=p, arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.4,
-                                                          shrinkA=0, shrinkB=0))
-        if text:
-            mx, my = (p[0] + q[0]) / 2, (p[1] + q[1]) / 2 + dy
-            ax.text(mx, my + (1.6 if side == "top" else -1.6), text, ha="center",
-                    va="bottom" if side == "top" else "top", fontsize=FONT, color=colour)
-
+    c = _Canvas(ax)
     top = 40.0
-    x_in = box(5.5, top, "image\n$x$", w=9)
-    trunk = box(20.5, top, "conv\n1–13", w=12)
-    a_old = box(37, top, "$A^1 \\ldots A^K$", w=13)
-    pool = box(53, top, "max-\npool", w=10)
-    fc1 = box(69, top, "FC1\n$W_o z_o + b_o$", w=15)
-    rest = box(84.5, top, "FC2,\nFC3", w=9)
+    x_in = c.box(5.5, top, "image\n$x$", w=9)
+    trunk = c.box(20.5, top, "conv\n1–13", w=12)
+    a_old = c.box(37, top, "$A^1 \\ldots A^K$", w=13)
+    pool = c.box(53, top, "max-\npool", w=10)
+    fc1 = c.box(69, top, "FC1\n$W_o z_o + b_o$", w=15)
+    rest = c.box(84.5, top, "FC2,\nFC3", w=9)
     for a, b in [(x_in, trunk), (trunk, a_old), (a_old, pool), (pool, fc1), (fc1, rest)]:
-        arrow(a, b)
+        c.arrow(a, b)
     line = dict(arrowstyle="-|>", color=plain, lw=1.4, shrinkA=0, shrinkB=0)
     if branch:
         ax.text(94, top, "+", ha="center", va="center", fontsize=FONT + 2,
@@ -473,43 +493,14 @@ def manipulation_diagram(technique: str | None = None) -> Figure:
     ax.add_patch(FancyBboxPatch((29, 14), 16, 32, boxstyle="round,pad=0.3", fill=False, ls=":", lw=1.3,
                                 edgecolor="tab:blue"))
     ax.text(37, 48.5, "Grad-CAM explains $A$", ha="center", fontsize=FONT, color="tab:blue")
-
-    a_new = box(37, 20, "$A^{K+1}$", colour=added, w=13)
-    arrow(a_new, pool, colour=added, start="right", end="bottom")
-    if fold:
+    a_new = c.box(37, 20, "$A^{K+1}$", colour=added, w=13)
+    c.arrow(a_new, pool, colour=added, start="right", end="bottom")
+    if show_all or technique in ("T1", "T2"):
         text = ("bias $c_A$ (T1)\n$+\\,c_I I_T$ (T2)" if show_all else
                 "filter bias $c_A$" if technique == "T1" else "$+\\,c_I I_T$")
         ax.text(37, 12.5, text, ha="center", va="top", fontsize=FONT, color=added)
         ax.text(69, 33.5, "new columns $W_n = c_W$\n$b_n = b_o - W_n z_n$" + ("\n(T1, T2)" if show_all else ""),
                 ha="center", va="top", fontsize=FONT, color=added)
     if branch:
-        f = box(13, 12, "branch $F$\n" + ("(T3, T4)" if show_all else
-                                          "random CNN" if technique == "T3" else "sticker det."), colour=added, w=15)
-        arrow(x_in, f, colour=added, start="bottom", end="top")
-        arrow(f, a_new, colour=added)
-        ax.text(21.5, 21, "$c_F F(x)$", ha="center", va="bottom", fontsize=FONT, color=added)
-        g = box(67, 6, "$G = \\varepsilon\\, \\mathrm{mod}(c_G \\sum A^{K+1}, 1)$", colour=added, w=31, h=7)
-        arrow(a_new, g, colour=added, start="right", end="left")
-        ax.plot([83.1, 94], [6, 6], color=added, lw=1.4)
-        ax.annotate("", xy=(94, top - 2.4), xytext=(94, 6), arrowprops=dict(line, color=added))
-        ax.text(92.5, 21, "$+\\,G$ on\nevery score", ha="right", va="center", fontsize=FONT, color=added)
+        _draw_branch(c, x_in, a_new, technique, added, top)
     return fig
-
-
-def ours_and_paper_table(rows: Sequence[Mapping[str, object]], keys: Sequence[str],
-                         metrics: Mapping[str, str], floatfmt: str = ".5f") -> str:
-    """A Markdown table narrow enough for the text column: the `keys` columns as they are, then
-    one column per metric {row key: header} holding "ours / paper" (row[key] and row["paper_" + key];
-    None as a dash), and "pointing" when the rows have it."""
-    def cell(v: object) -> str:
-        return "–" if v is None else format(v, floatfmt) if isinstance(v, float) else str(v)
-
-    out = []
-    for r in rows:
-        row: dict[str, object] = {k: r[k] for k in keys}
-        for key, header in metrics.items():
-            row[f"{header}<br>ours / paper"] = f"{cell(r.get(key))} / {cell(r.get('paper_' + key))}"
-        if any("pointing" in x for x in rows):
-            row["pointing"] = cell(r.get("pointing"))
-        out.append(row)
-    return markdown_table(out)

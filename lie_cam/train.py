@@ -110,6 +110,101 @@ def reevaluate_shipped(test_size: int = 1000) -> dict:
     return recipe["test"]
 
 
+def _initial_model(arch: str, init: Path | None, width: float, hidden: int, dropout: float, resnet_width: int,
+                   resnet_layers: tuple[int, ...]) -> tuple[torch.nn.Module, dict]:
+    """The model training starts from (fresh, with the global RNG as seeded by `train`, or `init`) and
+    its architecture as the recipe records it."""
+    from lie_cam.models import load_embedded, load_embedded_resnet
+
+    if arch == "resnet":
+        architecture = {"arch": "resnet", "width": resnet_width, "layers": list(resnet_layers),
+                        "num_classes": len(synth.CLASS_NAMES)}
+        if init is None:
+            model = compact_resnet(resnet_width, tuple(resnet_layers), len(synth.CLASS_NAMES))
+        else:
+            model = load_embedded_resnet(init, verify=False)
+            architecture.update(width=model.conv1.out_channels, layers=[len(getattr(model, f"layer{i}")) for i in range(1, 5)])
+    elif init is None:
+        architecture = {"width": width, "num_classes": len(synth.CLASS_NAMES), "hidden": hidden, "dropout": dropout}
+        model = compact_vgg16(**architecture, batch_norm=True)
+        for layer in model.classifier:  # PyTorch's default init: torchvision's N(0, 0.01) starts too small here
+            if isinstance(layer, torch.nn.Linear):
+                layer.reset_parameters()
+    else:
+        architecture = {"width": width, "num_classes": len(synth.CLASS_NAMES), "hidden": hidden, "dropout": dropout}
+        model = load_embedded(init, verify=False)
+    return model, architecture
+
+
+def _fit(model: torch.nn.Module, images_t: torch.Tensor, labels_t: torch.Tensor, epochs: int, batch_size: int, lr: float,
+         weight_decay: float, warmup: int, seed: int, val_size: int, device: str, max_steps: int | None,
+         started: float) -> tuple[float, dict, int, list]:
+    """AdamW with linear warm-up and cosine decay over the epochs (or `max_steps`); returns the best
+    validation accuracy, the state_dict that reached it, the steps taken and the per-epoch log."""
+    train_size = images_t.shape[0]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = train_size // batch_size
+    total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    generator = torch.Generator().manual_seed(seed)
+    val_x, val_y, _ = synth.synthetic_split("val", val_size)
+    best, best_state, step, log = -1.0, None, 0, []
+    for epoch in range(epochs):
+        order = torch.randperm(train_size, generator=generator)
+        running, counted = 0.0, 0
+        for i in range(steps_per_epoch):
+            if step >= total:
+                break
+            index = order[i * batch_size : (i + 1) * batch_size]
+            batch = _augment(images_t[index], generator)
+            x = synth.uint8_to_input(batch).to(device).contiguous(memory_format=torch.channels_last)
+            running += train_step(model, optimizer, x, labels_t[index].to(device))
+            counted += 1
+            schedule.step()
+            step += 1
+            if step % 50 == 0:
+                print(f"epoch {epoch} step {step}/{total} loss {running / counted:.4f} ({time.time() - started:.0f}s)",
+                      flush=True)
+                running, counted = 0.0, 0
+        model.eval()
+        with torch.no_grad():
+            val_acc = top1_correct(model(val_x.to(device)), val_y.to(device)).double().mean().item()
+        log.append({"epoch": epoch, "step": step, "val_accuracy": val_acc, "seconds": round(time.time() - started)})
+        print(f"epoch {epoch}: val accuracy {val_acc:.4f}", flush=True)
+        if val_acc >= best:
+            best, best_state = val_acc, {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+        if step >= total:
+            break
+    return best, best_state, step, log
+
+
+def _recipe(architecture: dict, out: Path, test: dict, arch: str, init: Path | None, train_size: int, epochs: int,
+            batch_size: int, lr: float, weight_decay: float, warmup: int, seed: int, device: str, step: int,
+            train_seconds: float, best: float, log: list) -> dict:
+    """What `train` records beside the weights: architecture, training, test metrics, sha256, command."""
+    recipe = {
+        "architecture": architecture,
+        "training": {"train_size": train_size, "train_seeds": [synth.SPLITS["train"], synth.SPLITS["train"] + train_size],
+                     "epochs": epochs, "batch_size": batch_size, "optimizer": "AdamW", "lr": lr,
+                     "weight_decay": weight_decay, "warmup_steps": warmup, "schedule": "linear warm-up, cosine decay",
+                     "batch_norm": ("trained with BatchNorm2d after every conv, folded into the convs before saving"
+                                    if arch == "vgg" else "torchvision's BatchNorm2d, kept (eval statistics)"),
+                     "augmentation": "random horizontal flip, random quarter turn", "seed": seed, "device": device,
+                     "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": step,
+                     "seconds": round(train_seconds), "best_val_accuracy": best, "log": log,
+                     "init": None if init is None else str(init)},
+        "test": test,
+        "sha256": sha256_file(out),
+        "command": "python -m lie_cam.train" + ("" if arch == "vgg" else
+                                                  f" --arch resnet --train-size {train_size} --epochs {epochs}"
+                                                  f" --lr {lr}" + ("" if init is None else f" --init {init}")),
+    }
+    if init is not None and Path(init).with_suffix(".json").is_file():  # the first stage, for reproducibility
+        recipe["training"]["init_recipe"] = json.loads(Path(init).with_suffix(".json").read_text())
+    return recipe
+
+
 def train(
     out: Path = EMBEDDED_WEIGHTS,
     train_size: int | None = None,
@@ -149,62 +244,10 @@ def train(
     images, labels, _ = render_parallel(train_size, synth.SPLITS["train"], workers=workers)
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
     print(f"rendered {train_size} scenes in {time.time() - started:.0f}s", flush=True)
-    if arch == "resnet":
-        architecture = {"arch": "resnet", "width": resnet_width, "layers": list(resnet_layers),
-                        "num_classes": len(synth.CLASS_NAMES)}
-        if init is None:
-            model = compact_resnet(resnet_width, tuple(resnet_layers), len(synth.CLASS_NAMES))
-        else:
-            from lie_cam.models import load_embedded_resnet
-
-            model = load_embedded_resnet(init, verify=False)
-            architecture.update(width=model.conv1.out_channels, layers=[len(getattr(model, f"layer{i}")) for i in range(1, 5)])
-    elif init is None:
-        architecture = {"width": width, "num_classes": len(synth.CLASS_NAMES), "hidden": hidden, "dropout": dropout}
-        model = compact_vgg16(**architecture, batch_norm=True)
-        for layer in model.classifier:  # PyTorch's default init: torchvision's N(0, 0.01) starts too small here
-            if isinstance(layer, torch.nn.Linear):
-                layer.reset_parameters()
-    else:
-        from lie_cam.models import load_embedded
-
-        architecture = {"width": width, "num_classes": len(synth.CLASS_NAMES), "hidden": hidden, "dropout": dropout}
-        model = load_embedded(init, verify=False)
+    model, architecture = _initial_model(arch, init, width, hidden, dropout, resnet_width, resnet_layers)
     model = model.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = train_size // batch_size
-    total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    generator = torch.Generator().manual_seed(seed)
-    val_x, val_y, _ = synth.synthetic_split("val", val_size)
-    best, best_state, step, log = -1.0, None, 0, []
-    for epoch in range(epochs):
-        order = torch.randperm(train_size, generator=generator)
-        running, counted = 0.0, 0
-        for i in range(steps_per_epoch):
-            if step >= total:
-                break
-            index = order[i * batch_size : (i + 1) * batch_size]
-            batch = _augment(images_t[index], generator)
-            x = synth.uint8_to_input(batch).to(device).contiguous(memory_format=torch.channels_last)
-            running += train_step(model, optimizer, x, labels_t[index].to(device))
-            counted += 1
-            schedule.step()
-            step += 1
-            if step % 50 == 0:
-                print(f"epoch {epoch} step {step}/{total} loss {running / counted:.4f} ({time.time() - started:.0f}s)",
-                      flush=True)
-                running, counted = 0.0, 0
-        model.eval()
-        with torch.no_grad():
-            val_acc = top1_correct(model(val_x.to(device)), val_y.to(device)).double().mean().item()
-        log.append({"epoch": epoch, "step": step, "val_accuracy": val_acc, "seconds": round(time.time() - started)})
-        print(f"epoch {epoch}: val accuracy {val_acc:.4f}", flush=True)
-        if val_acc >= best:
-            best, best_state = val_acc, {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-        if step >= total:
-            break
+    best, best_state, step, log = _fit(model, images_t, labels_t, epochs, batch_size, lr, weight_decay, warmup, seed,
+                                       val_size, device, max_steps, started)
     model.load_state_dict(best_state)
     model = model.to(memory_format=torch.contiguous_format)
     if arch == "vgg" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
@@ -216,25 +259,8 @@ def train(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.cpu().state_dict().items()}, str(out))
-    recipe = {
-        "architecture": architecture,
-        "training": {"train_size": train_size, "train_seeds": [synth.SPLITS["train"], synth.SPLITS["train"] + train_size],
-                     "epochs": epochs, "batch_size": batch_size, "optimizer": "AdamW", "lr": lr,
-                     "weight_decay": weight_decay, "warmup_steps": warmup, "schedule": "linear warm-up, cosine decay",
-                     "batch_norm": ("trained with BatchNorm2d after every conv, folded into the convs before saving"
-                                    if arch == "vgg" else "torchvision's BatchNorm2d, kept (eval statistics)"),
-                     "augmentation": "random horizontal flip, random quarter turn", "seed": seed, "device": device,
-                     "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": step,
-                     "seconds": round(train_seconds), "best_val_accuracy": best, "log": log,
-                     "init": None if init is None else str(init)},
-        "test": test,
-        "sha256": sha256_file(out),
-        "command": "python -m lie_cam.train" + ("" if arch == "vgg" else
-                                                  f" --arch resnet --train-size {train_size} --epochs {epochs}"
-                                                  f" --lr {lr}" + ("" if init is None else f" --init {init}")),
-    }
-    if init is not None and Path(init).with_suffix(".json").is_file():  # the first stage, for reproducibility
-        recipe["training"]["init_recipe"] = json.loads(Path(init).with_suffix(".json").read_text())
+    recipe = _recipe(architecture, out, test, arch, init, train_size, epochs, batch_size, lr, weight_decay, warmup, seed,
+                     device, step, train_seconds, best, log)
     if out.resolve() == EMBEDDED_WEIGHTS.resolve():
         EMBEDDED_RECIPE.write_text(json.dumps(recipe, indent=2) + "\n")
     else:

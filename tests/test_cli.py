@@ -5,8 +5,7 @@ import pickle
 import pytest
 import torch
 
-import lie_cam.engine
-from conftest import small_vgg
+import lie_cam.experiments.engine
 from lie_cam.cli import main
 
 
@@ -21,7 +20,7 @@ def no_work(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("the work started before the input was checked")
 
-    monkeypatch.setattr(lie_cam.engine.Evaluator, "__init__", started)
+    monkeypatch.setattr(lie_cam.experiments.engine.Evaluator, "__init__", started)
 
 
 def refused(argv, capsys) -> str:
@@ -112,7 +111,7 @@ def test_checkpoint_that_is_a_folder(tmp_path, capsys, no_work):
     assert "is a folder" in _checkpoint_refused(tmp_path, capsys, folder)
 
 
-def test_checkpoint_of_another_architecture(tmp_path, capsys, no_work):
+def test_checkpoint_of_another_architecture(small_vgg, tmp_path, capsys, no_work):
     from safetensors.torch import save_file
 
     path = tmp_path / "narrow.safetensors"

@@ -1,17 +1,18 @@
 import pytest
 import torch
-from conftest import random_input, small_vgg
 from safetensors.torch import save_file
 
-from lie_cam import detectors, surgery
-from lie_cam.hijack import channel_hijack
+from lie_cam import attacks
+from lie_cam.audit import detectors
+from lie_cam.models import as_model, load_model_file
+from lie_cam.attacks import channel_hijack
 
 
 @pytest.fixture(scope="module")
-def networks():
+def networks(random_input, small_vgg):
     model = small_vgg()
     nets = {"clean": model, "hijack": channel_hijack(model, random_input(8))}
-    nets.update(surgery.paper_networks(model))
+    nets.update(attacks.paper_networks(model))
     return nets, random_input(3, seed=1)
 
 
@@ -32,35 +33,35 @@ def test_detector_separates_attack_from_its_source(networks, key, attack):
     assert attacked > clean, (key, attack, clean, attacked)
 
 
-def test_architecture_check_passes_hijack_and_its_file(networks, tmp_path):
+def test_architecture_check_passes_hijack_and_its_file(random_input, networks, tmp_path):
     nets, _ = networks
     assert detectors.architecture_score(nets["clean"]) == 0
     assert detectors.architecture_score(nets["hijack"]) == 0
     path = tmp_path / "hijack.safetensors"
     save_file({k: v.contiguous() for k, v in nets["hijack"].state_dict().items()}, str(path))
     assert detectors.architecture_score(path) == 0
-    loaded = detectors.load_model_file(path)
+    loaded = load_model_file(path)
     x = random_input(2)
     assert torch.equal(loaded(x), nets["hijack"](x))
     problems = detectors.architecture_problems(nets["T1"])
     assert any("ManipulatedVGG" in p for p in problems)
 
 
-def test_state_dict_with_extra_key_is_flagged(tmp_path):
+def test_state_dict_with_extra_key_is_flagged(small_vgg, tmp_path):
     state = {k: v.contiguous() for k, v in small_vgg().state_dict().items()}
     state["features.28.weight"] = torch.cat([state["features.28.weight"], state["features.28.weight"][:1]])
     path = tmp_path / "wide.pt"
     torch.save(state, path)
     assert detectors.architecture_score(path) >= 1
     with pytest.raises(ValueError, match="not a torchvision VGG"):
-        detectors.load_model_file(path)
+        load_model_file(path)
 
 
-def test_pickled_file_is_refused(tmp_path):
+def test_pickled_file_is_refused(small_vgg, tmp_path):
     path = tmp_path / "model.pt"
     torch.save(small_vgg(), path)  # a whole pickled module, not a state_dict
     with pytest.raises(ValueError, match="refusing to load"):
-        detectors.as_model(path)
+        as_model(path)
 
 
 def test_auroc_and_tpr():
@@ -76,8 +77,8 @@ def test_bad_clean_images(networks):
         detectors.alpha_dominance(nets["clean"], torch.zeros(3, 224, 224))
 
 
-def test_pruned_zoo_model_is_a_plain_vgg_keeping_the_largest_filters():
-    from lie_cam.zoo import prune_filters
+def test_pruned_zoo_model_is_a_plain_vgg_keeping_the_largest_filters(random_input, small_vgg):
+    from lie_cam.experiments.zoo import prune_filters
 
     model = small_vgg()
     narrow = prune_filters(model, width=1 / 32)

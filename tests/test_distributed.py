@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from lie_cam.distributed import Group, all_gather_counts, all_reduce, device_for, gather_values, shard
-from lie_cam.reproduce import run_reproduction
+from lie_cam.experiments.distributed import Group, all_gather_counts, all_reduce, device_for, gather_values, shard
+from lie_cam.experiments.reproduce import run_reproduction
 
 
 @pytest.mark.parametrize("n, batch_size, world_size", [(26, 6, 2), (100, 10, 3), (5, 6, 2), (0, 4, 2), (7, 1, 7),
@@ -66,8 +67,15 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("Table 1") == 1  # rank 0 prints, rank 1 does not
-    single = run_reproduction(profile="embedded", limit=limit, batch_size=batch, device="cpu", workers=0,
-                              progress=False, out=tmp_path / "one")
+    # torchrun gives each process one thread; float32 sums in another order (two threads) round differently,
+    # so the one-process reference runs on one thread too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = run_reproduction(profile="embedded", limit=limit, batch_size=batch, device="cpu", workers=0,
+                                  progress=False, out=tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
     ours = json.loads((tmp_path / "two" / "results.json").read_text())
     assert [(r["network"], r["data"]) for r in ours] == [(r["network"], r["data"]) for r in single.rows]
     exact = ("n", "accuracy", "pointing", "score_change_max", "l1_median", "alpha_extra_nonpositive")

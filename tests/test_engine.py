@@ -4,10 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import random_input, small_vgg
-from lie_cam import surgery as S
+from lie_cam import attacks as S
 from lie_cam.data import paste_stickers, smiley
-from lie_cam.engine import Evaluator, evaluate_separately
+from lie_cam.experiments.engine import Evaluator, evaluate_separately
 
 
 def networks(model):
@@ -16,7 +15,7 @@ def networks(model):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_engine_equals_each_network_on_its_own(seed, dtype):
+def test_engine_equals_each_network_on_its_own(random_input, small_vgg, seed, dtype):
     model = small_vgg(seed, 1 / 16, dtype)
     nets = networks(model)
     x = random_input(4, seed, dtype).clamp(-2, 2)
@@ -44,7 +43,7 @@ def assert_same(ours, reference, name):
     assert torch.allclose(ours.alpha, reference.alpha, rtol=1e-5, atol=1e-6 * reference.alpha.abs().max()), name
 
 
-def test_engine_subset_and_errors():
+def test_engine_subset_and_errors(random_input, small_vgg):
     model = small_vgg(0)
     nets = networks(model)
     evaluator = Evaluator(model, nets)
@@ -53,7 +52,7 @@ def test_engine_subset_and_errors():
         evaluator.run(random_input(1), names=["T5"])
     with pytest.raises(ValueError, match="share the original's trunk"):
         Evaluator(small_vgg(1), nets)
-    with pytest.raises(TypeError, match="lie_cam.surgery"):
+    with pytest.raises(TypeError, match="lie_cam.attacks"):
         Evaluator(model, {"T1": "not a model"})
     with pytest.raises(ValueError, match="reserved"):
         Evaluator(model, {"original": nets["T1"]})
@@ -74,7 +73,7 @@ class WithoutActivationsFrom(nn.Module):
         return self.network.target_explanation(x, honest=honest, extra=extra)
 
 
-def test_networks_without_activations_from_are_evaluated_on_their_own():
+def test_networks_without_activations_from_are_evaluated_on_their_own(random_input, small_vgg):
     model = small_vgg(3)
     nets = {"T1": S.constant_flat(model), "T4": WithoutActivationsFrom(S.backdoor(model, smiley())).eval(),
             "plain": small_vgg(4)}
@@ -90,7 +89,7 @@ def test_networks_without_activations_from_are_evaluated_on_their_own():
     assert clean["T4"].extra is None and clean["T1"].extra is not None
 
 
-def test_an_original_that_is_not_a_torchvision_vgg_falls_back_to_gradcam():
+def test_an_original_that_is_not_a_torchvision_vgg_falls_back_to_gradcam(random_input, small_vgg):
     model = small_vgg(5)
     nets = {"T1": S.constant_flat(model), "T3": S.semi_random(model)}
     odd = copy.deepcopy(model)
@@ -104,7 +103,7 @@ def test_an_original_that_is_not_a_torchvision_vgg_falls_back_to_gradcam():
         assert_same(results[name], reference[name], name)
 
 
-def test_bf16_autocast_keeps_every_manipulation():
+def test_bf16_autocast_keeps_every_manipulation(random_input, small_vgg):
     """Under bf16 autocast (here on CPU) the large constants stay in float32/float64, so the lies hold."""
     model = small_vgg(2, 1 / 16)
     nets = networks(model)
@@ -128,10 +127,10 @@ def test_bf16_autocast_keeps_every_manipulation():
     assert exact["original"].logits.dtype == low["original"].logits.dtype == torch.float32
 
 
-def test_t3_branch_at_lower_resolution_keeps_the_paper_weights():
+def test_t3_branch_at_lower_resolution_keeps_the_paper_weights(random_input):
     """RandomBranch(downsample=d) runs the paper's two seeded 6x6 convolutions on the input averaged
     over 2^d x 2^d cells (d = 0: the paper's F at 225 x 225); every d gives a 14 x 14 map F >= 0."""
-    from lie_cam.branches import CellMean, RandomBranch
+    from lie_cam.attacks.branches import CellMean, RandomBranch
 
     x = random_input(2, 7)
     assert torch.allclose(CellMean(4)(x), nn.AvgPool2d(2)(nn.AvgPool2d(2)(x)), atol=1e-6)

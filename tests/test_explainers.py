@@ -1,4 +1,4 @@
-"""lie_cam.explainers: the metrics on hand-made maps, the adapted attacks' guarantees, the AblationCAM
+"""lie_cam.audit.explainers and lie_cam.experiments.matrix: the metrics on hand-made maps, the adapted attacks' guarantees, the AblationCAM
 adapter, the CLI's validation, and the verdicts of a small fixed matrix (embedded model, 3 scenes)."""
 
 import json
@@ -6,9 +6,11 @@ import json
 import pytest
 import torch
 
-from conftest import random_input, small_vgg
-from lie_cam import explainers as E
-from lie_cam.adapters import ExposedA, expose_explained_layer
+from lie_cam.attacks import anchored_flat, zero_sum_backdoor
+from lie_cam.attacks.injections import ZeroSumInjection
+from lie_cam.audit import explainers as E
+from lie_cam.experiments import matrix as M
+from lie_cam.audit.adapters import ExposedA, expose_explained_layer
 from lie_cam.data import paste_stickers
 from lie_cam.gradcam import gradcam, target_layer
 
@@ -57,14 +59,14 @@ def test_verdict_thresholds_are_tau_per_pixel(to_target, to_honest, verdict):
 
 
 @pytest.fixture(scope="module")
-def vgg():
+def vgg(small_vgg):
     return small_vgg()
 
 
-def test_anchored_flat_keeps_the_scores_exactly_and_grad_cam_shows_its_flat_map(vgg):
+def test_anchored_flat_keeps_the_scores_exactly_and_grad_cam_shows_its_flat_map(random_input, vgg):
     x = random_input(3)
     before = {k: v.clone() for k, v in vgg.state_dict().items()}
-    net = E.anchored_flat(vgg)
+    net = anchored_flat(vgg)
     assert all(torch.equal(before[k], v) for k, v in vgg.state_dict().items())  # surgery on a copy
     with torch.no_grad():
         extra = net.extra_channel(x)
@@ -78,10 +80,10 @@ def test_anchored_flat_keeps_the_scores_exactly_and_grad_cam_shows_its_flat_map(
     assert torch.equal(minmax / minmax.amax(dim=(1, 2), keepdim=True), target.to(minmax.dtype))
 
 
-def test_zero_sum_backdoor_is_the_original_without_sticker_and_lights_the_stickers(vgg):
+def test_zero_sum_backdoor_is_the_original_without_sticker_and_lights_the_stickers(random_input, vgg):
     x = random_input(2, seed=1)
     x_sticker, corners = paste_stickers(x, seeds=[0, 1])
-    net = E.zero_sum_backdoor(vgg)
+    net = zero_sum_backdoor(vgg)
     with torch.no_grad():
         assert torch.equal(net.extra_channel(x), torch.zeros(2, 14, 14))
         assert torch.equal(net(x), vgg(x))
@@ -100,14 +102,14 @@ def test_zero_sum_backdoor_is_the_original_without_sticker_and_lights_the_sticke
 # ---------------------------------------------------------------------------
 
 
-def test_stock_ablation_cam_crashes_on_the_explained_layer_and_the_adapter_runs(vgg):
+def test_stock_ablation_cam_crashes_on_the_explained_layer_and_the_adapter_runs(random_input, vgg):
     from pytorch_grad_cam import AblationCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     x = random_input(1, seed=2)
-    net = E.anchored_flat(vgg)
+    net = anchored_flat(vgg)
     targets = [ClassifierOutputTarget(int(vgg(x).argmax()))]
-    broken = E.anchored_flat(vgg)
+    broken = anchored_flat(vgg)
     with pytest.raises(TypeError, match="positional argument"):
         AblationCAM(broken, [target_layer(broken)], batch_size=64)(x, targets)
     assert type(broken.explained_layer).__name__ == "AblationLayer"  # the crash leaves it swapped in
@@ -118,7 +120,7 @@ def test_stock_ablation_cam_crashes_on_the_explained_layer_and_the_adapter_runs(
         assert torch.equal(wrapped(x), net(x))
     cam = AblationCAM(wrapped, [layer], batch_size=64)(x, targets)
     assert cam.shape == (1, 224, 224) and bool(torch.isfinite(torch.from_numpy(cam)).all())
-    assert isinstance(net.explained_layer, E.ZeroSumInjection)  # the model is left as it was
+    assert isinstance(net.explained_layer, ZeroSumInjection)  # the model is left as it was
 
 
 # ---------------------------------------------------------------------------
@@ -129,7 +131,7 @@ SMALL = [("pytorch-grad-cam", "GradCAM"), ("pytorch-grad-cam", "GradCAMPlusPlus"
          ("captum", "LayerGradCam"), ("lie_cam", "gradcam")]
 SMALL_ATTACKS = ["T1", "T4-sticker", "T1-adapted", "T4-adapted-sticker"]
 
-# method, attack, normalization, layer -> verdict; derived in book/10_explainers.ipynb
+# method, attack, normalization, layer -> verdict; derived in book/08_explainers.ipynb
 PINNED_TABLE = """
 # T1: max-normalisation shows the flat map, min-max subtracts the constant: the honest map again
 pytorch-grad-cam/GradCAM           T1                 max     explained fooled
@@ -162,13 +164,13 @@ def small_matrix():
     from lie_cam.book import setup
 
     ch = setup(n=3, profile="embedded", device="cpu")
-    return E.run_matrix(ch.model, ch.x, ch.masks, explainers=[E.explainer(*m) for m in SMALL],
+    return M.run_matrix(ch.model, ch.x, ch.masks, explainers=[E.explainer(*m) for m in SMALL],
                         attacks=SMALL_ATTACKS)
 
 
 def test_small_matrix_rows_have_exactly_the_keys(small_matrix):
     assert len(small_matrix.rows) == len(SMALL) * len(SMALL_ATTACKS) * 2 * 2
-    assert all(tuple(r) == E.ROW_KEYS for r in small_matrix.rows)
+    assert all(tuple(r) == M.ROW_KEYS for r in small_matrix.rows)
     assert all(r["n"] == 3 and r["verdict"] in E.VERDICTS for r in small_matrix.rows)
     assert not small_matrix.errors
 
@@ -183,7 +185,7 @@ def test_score_cam_resists_t1_and_falls_for_the_adapted_t1():
     from lie_cam.book import setup
 
     ch = setup(n=1, profile="embedded", device="cpu")
-    m = E.run_matrix(ch.model, ch.x, ch.masks, explainers=[E.explainer("pytorch-grad-cam", "ScoreCAM")],
+    m = M.run_matrix(ch.model, ch.x, ch.masks, explainers=[E.explainer("pytorch-grad-cam", "ScoreCAM")],
                      attacks=["T1", "T1-adapted"], layers=["explained"])
     assert m.cell("pytorch-grad-cam", "ScoreCAM", "T1", "default")["verdict"] == "immune"
     assert m.cell("pytorch-grad-cam", "ScoreCAM", "T1-adapted", "default")["verdict"] == "fooled"
@@ -206,13 +208,13 @@ def test_cli_validates_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_run_explainers_writes_matrix_files(tmp_path):
-    m = E.run_explainers(tmp_path / "out", limit=1, progress=False, explainers=[E.explainer("lie_cam", "gradcam")],
+def test_run_explainers_writes_matrix_files(random_input, small_vgg, tmp_path):
+    m = M.run_explainers(tmp_path / "out", limit=1, progress=False, explainers=[E.explainer("lie_cam", "gradcam")],
                          attacks=["T2"])
     rows = json.loads((tmp_path / "out" / "matrix.json").read_text())
     assert rows == m.rows and len(rows) == 4
-    assert E.load_matrix(tmp_path / "out").rows == rows
+    assert M.load_matrix(tmp_path / "out").rows == rows
     assert "tau = 0.1" in (tmp_path / "out" / "matrix.md").read_text()
     assert (tmp_path / "out" / "verdicts.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="unknown attacks"):
-        E.run_matrix(small_vgg(), random_input(1), attacks=["T9"])
+        M.run_matrix(small_vgg(), random_input(1), attacks=["T9"])

@@ -3,7 +3,6 @@ import torch
 from captum.attr import LayerGradCam
 from torch import nn
 
-from conftest import random_input, small_vgg
 from lie_cam import gradcam, target_layer
 from lie_cam.gradcam import normalize_maps, upsample
 from lie_cam.models import compact_vgg16
@@ -16,7 +15,7 @@ def captum_maps(model, x, classes):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed,width", [(0, 1 / 16), (1, 1 / 32), (2, 1 / 8)])
-def test_matches_captum(seed, width, dtype):
+def test_matches_captum(random_input, small_vgg, seed, width, dtype):
     model = small_vgg(seed, width, dtype)
     x = random_input(4, seed, dtype)
     result = gradcam(model, x)
@@ -27,7 +26,7 @@ def test_matches_captum(seed, width, dtype):
     assert ((result.maps - reference).abs() <= 1e-5 * scale + 1e-30).all()
 
 
-def test_default_target_is_argmax_and_explicit_targets_are_used(vgg):
+def test_default_target_is_argmax_and_explicit_targets_are_used(random_input, vgg):
     x = random_input(3)
     result = gradcam(vgg, x)
     assert torch.equal(result.classes, result.logits.argmax(1))
@@ -37,7 +36,7 @@ def test_default_target_is_argmax_and_explicit_targets_are_used(vgg):
     assert gradcam(vgg, x, target=4).classes.tolist() == [4, 4, 4]
 
 
-def test_batch_equals_one_sample_at_a_time(vgg):
+def test_batch_equals_one_sample_at_a_time(random_input, vgg):
     x = random_input(3).double()
     model = vgg.double()
     batch = gradcam(model, x, target=[0, 5, 9])
@@ -47,24 +46,24 @@ def test_batch_equals_one_sample_at_a_time(vgg):
 
 
 @pytest.mark.parametrize("bad", [[1, 2], [1, 2, 3, 4]])
-def test_target_length_must_match_batch(vgg, bad):
+def test_target_length_must_match_batch(random_input, vgg, bad):
     with pytest.raises(ValueError, match="class per sample"):
         gradcam(vgg, random_input(3), target=bad)
 
 
-def test_target_out_of_range(vgg):
+def test_target_out_of_range(random_input, vgg):
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         gradcam(vgg, random_input(2), target=[0, 10])
 
 
-def test_nan_input_is_rejected(vgg):
+def test_nan_input_is_rejected(random_input, vgg):
     x = random_input(2)
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         gradcam(vgg, x)
 
 
-def test_no_parameter_gradients_and_no_backward_through_trunk(vgg):
+def test_no_parameter_gradients_and_no_backward_through_trunk(random_input, vgg):
     trunk_backward_calls = []
     vgg.features[0].register_full_backward_hook(lambda *args: trunk_backward_calls.append(1))
     gradcam(vgg, random_input(2))
@@ -72,7 +71,7 @@ def test_no_parameter_gradients_and_no_backward_through_trunk(vgg):
     assert trunk_backward_calls == []
 
 
-def test_hooks_removed_and_grad_mode_restored(vgg):
+def test_hooks_removed_and_grad_mode_restored(random_input, vgg):
     layer = target_layer(vgg)
     for mode in (True, False):
         torch.set_grad_enabled(mode)
@@ -87,7 +86,7 @@ def test_hooks_removed_and_grad_mode_restored(vgg):
     assert len(layer._forward_hooks) == 0 and torch.is_grad_enabled()
 
 
-def test_all_zero_map_stays_zero():
+def test_all_zero_map_stays_zero(random_input, small_vgg):
     model = small_vgg(0)
     with torch.no_grad():
         target_conv = [m for m in model.features if isinstance(m, nn.Conv2d)][-1]
@@ -113,7 +112,7 @@ def test_target_layer_rejects_other_architectures():
         target_layer(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
 
 
-def test_explicit_layer(vgg):
+def test_explicit_layer(random_input, vgg):
     layer = vgg.features[27]  # the ReLU after conv5_2: a different, valid layer
     result = gradcam(vgg, random_input(2), layer=layer)
     reference = LayerGradCam(vgg, layer).attribute(random_input(2), target=result.classes, relu_attributions=True)[:, 0]

@@ -2,15 +2,15 @@ import copy
 
 import pytest
 import torch
-from conftest import random_input, small_vgg
 
-from lie_cam import gradcam, surgery
-from lie_cam.hijack import channel_hijack, channel_importance, hijack_cost, least_important_channel
+from lie_cam import attacks as surgery
+from lie_cam import gradcam
+from lie_cam.attacks import channel_hijack, channel_importance, hijack_cost, least_important_channel
 from lie_cam.metrics import l1_distance
 
 
 @pytest.fixture(scope="module")
-def setting():
+def setting(random_input, small_vgg):
     model = small_vgg()
     images = random_input(8)
     return model, images, channel_hijack(model, images)
@@ -26,7 +26,7 @@ def test_same_class_keys_and_shapes(setting):
     assert changed == ["features.28.weight", "features.28.bias", "classifier.0.weight", "classifier.0.bias"]
 
 
-def test_input_not_modified():
+def test_input_not_modified(random_input, small_vgg):
     model = small_vgg()
     reference = copy.deepcopy(model.state_dict())
     channel_hijack(model, random_input(8))
@@ -52,7 +52,7 @@ def test_least_important_channel_is_the_cheapest(setting):
     assert importance["score_change"].max() > importance["score_change"][k]
 
 
-def test_gradcam_matches_flat_target_and_scores_stay(setting):
+def test_gradcam_matches_flat_target_and_scores_stay(random_input, setting):
     model, _, hijacked = setting
     x = random_input(4, seed=3)
     result = gradcam(hijacked, x)
@@ -65,14 +65,14 @@ def test_gradcam_matches_flat_target_and_scores_stay(setting):
     assert cost.score_change_max < 0.5 * float(honest.logits.abs().max())
 
 
-def test_chosen_channel_and_reexport():
+def test_chosen_channel_and_reexport(random_input, small_vgg):
     model, images = small_vgg(), random_input(4)
     hijacked = surgery.channel_hijack(model, images, channel=3, c_A=10.0, c_W=5.0)
     assert hijacked.features[28].bias[3].item() == 10.0
 
 
 @pytest.mark.parametrize("bad", ["half", "manipulated", "resnet", "c_A", "channel", "images"])
-def test_bad_input(bad):
+def test_bad_input(random_input, small_vgg, bad):
     model, images = small_vgg(), random_input(4)
     if bad == "half":
         with pytest.raises(TypeError, match="float16"):
@@ -94,7 +94,7 @@ def test_bad_input(bad):
             channel_hijack(model, images[0])
 
 
-def test_batchnorm_layout_gives_a_flat_map():
+def test_batchnorm_layout_gives_a_flat_map(random_input):
     from lie_cam.models import compact_vgg16
 
     torch.manual_seed(0)

@@ -61,7 +61,8 @@ def both():
     """(ours, theirs, diagnostics) on the first two test images, keyed by cell."""
     torch.set_num_threads(1)
     from lie_cam.book import setup
-    from lie_cam.explainers import explainer, run_matrix
+    from lie_cam.audit.explainers import explainer
+    from lie_cam.experiments.matrix import run_matrix
 
     ch = setup(n=2, device="cpu")
     material = im.build_material(ch.model, ch.x, ch.masks, ATTACKS)

@@ -13,8 +13,8 @@ from captum.attr import LayerGradCam
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import random_input, small_vgg
-from lie_cam import gradcam, surgery, target_layer
+from lie_cam import attacks as surgery
+from lie_cam import gradcam, target_layer
 from lie_cam.data import smiley, smiley_target
 from lie_cam.gradcam import head_gradcam
 from lie_cam.metrics import score_change
@@ -24,7 +24,7 @@ from lie_cam.models import compact_vgg16, load_embedded, load_vgg16, read_safete
 # --- Grad-CAM at any conv layer ---------------------------------------------------------
 
 @pytest.mark.parametrize("index", [0, 10, 28])
-def test_gradcam_at_a_conv_layer_followed_by_an_inplace_relu_equals_captum(index):
+def test_gradcam_at_a_conv_layer_followed_by_an_inplace_relu_equals_captum(random_input, small_vgg, index):
     model = small_vgg(1).double()
     conv = model.features[index]
     assert isinstance(conv, nn.Conv2d) and model.features[index + 1].inplace
@@ -38,18 +38,18 @@ def test_gradcam_at_a_conv_layer_followed_by_an_inplace_relu_equals_captum(index
 # --- targets ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [[2.7, 3.9, 1.0], torch.tensor([2.7, 3.9, 1.0]), np.array([2.5, 1.0, 0.0]), 2.0])
-def test_float_targets_are_refused_not_truncated(vgg, bad):
+def test_float_targets_are_refused_not_truncated(random_input, vgg, bad):
     with pytest.raises(TypeError, match="integer class"):
         gradcam(vgg, random_input(3), target=bad)
 
 
 @pytest.mark.parametrize("bad", [True, [True, False, True], torch.tensor([True, False, True])])
-def test_boolean_targets_are_refused(vgg, bad):
+def test_boolean_targets_are_refused(random_input, vgg, bad):
     with pytest.raises(TypeError, match="bool"):
         gradcam(vgg, random_input(3), target=bad)
 
 
-def test_numpy_targets_work_and_a_wrong_shape_says_what_is_expected(vgg):
+def test_numpy_targets_work_and_a_wrong_shape_says_what_is_expected(random_input, vgg):
     x = random_input(3)
     assert gradcam(vgg, x, target=np.array([1, 2, 3])).classes.tolist() == [1, 2, 3]
     assert gradcam(vgg, x, target=np.int64(4)).classes.tolist() == [4, 4, 4]
@@ -57,7 +57,7 @@ def test_numpy_targets_work_and_a_wrong_shape_says_what_is_expected(vgg):
         gradcam(vgg, x, target=np.array([[1], [2], [3]]))
 
 
-def test_numpy_input_gets_a_clear_message(vgg):
+def test_numpy_input_gets_a_clear_message(random_input, vgg):
     with pytest.raises(ValueError, match="torch.Tensor"):
         gradcam(vgg, random_input(1).numpy())
 
@@ -70,7 +70,7 @@ def test_finite_inputs_near_the_float32_limit_raise_instead_of_nan_maps(vgg):
 
 # --- train mode ---------------------------------------------------------------------------
 
-def test_gradcam_refuses_a_model_in_train_mode():
+def test_gradcam_refuses_a_model_in_train_mode(random_input, small_vgg):
     model = small_vgg(0).train()
     with pytest.raises(ValueError, match="training mode.*model.eval"):
         gradcam(model, random_input(2))
@@ -90,7 +90,7 @@ def _vgg_bn(seed: int = 0) -> nn.Module:
     return model
 
 
-def test_batchnorm_vgg_manipulated_in_train_mode_keeps_the_constant_channel_and_its_statistics():
+def test_batchnorm_vgg_manipulated_in_train_mode_keeps_the_constant_channel_and_its_statistics(random_input):
     model = _vgg_bn().train()
     t1 = surgery.constant_flat(model)
     twin = copy.deepcopy(model)
@@ -113,7 +113,7 @@ def test_batchnorm_vgg_manipulated_in_train_mode_keeps_the_constant_channel_and_
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("technique", ["T1", "T2", "T4"])
-def test_half_precision_surgery_is_refused_or_keeps_the_guarantees(dtype, technique):
+def test_half_precision_surgery_is_refused_or_keeps_the_guarantees(random_input, small_vgg, dtype, technique):
     model = small_vgg(0).to(dtype)
     recipes = {"T1": lambda m: surgery.constant_flat(m), "T2": lambda m: surgery.constant_image(m, smiley_target()),
                "T4": lambda m: surgery.backdoor(m, smiley())}
@@ -167,7 +167,7 @@ def test_a_safetensors_file_of_another_model_says_what_was_expected(tmp_path):
 
 # --- one definition of each piece of knowledge -------------------------------------------
 
-def test_the_smiley_target_is_the_smileys_features_and_t2_uses_it():
+def test_the_smiley_target_is_the_smileys_features_and_t2_uses_it(small_vgg):
     target = smiley_target(14)
     assert target.shape == (14, 14) and float(target.min()) == 0.0 and float(target.max()) > 0
     # the face (white in the sticker) is cold, the features (black in the sticker) are hot
@@ -176,7 +176,7 @@ def test_the_smiley_target_is_the_smileys_features_and_t2_uses_it():
     assert torch.allclose(t2.explained_layer.pattern / t2.explained_layer.pattern.max(), target / target.max())
 
 
-def test_each_injection_owns_its_target_whatever_the_networks_are_called():
+def test_each_injection_owns_its_target_whatever_the_networks_are_called(random_input, small_vgg):
     model = small_vgg(0).double()
     x = random_input(2, 0, torch.float64)
     networks = {f"renamed {k}": v for k, v in surgery.paper_networks(model).items()}
@@ -189,7 +189,7 @@ def test_each_injection_owns_its_target_whatever_the_networks_are_called():
     assert torch.equal(networks["renamed T1"].target_explanation(x), torch.ones(2, 14, 14, dtype=torch.float64))
 
 
-def test_head_gradcam_is_gradcam_from_a():
+def test_head_gradcam_is_gradcam_from_a(random_input, small_vgg):
     model = small_vgg(2).double()
     t3 = surgery.semi_random(model)
     x = random_input(2, 2, torch.float64)
@@ -201,7 +201,7 @@ def test_head_gradcam_is_gradcam_from_a():
     assert torch.allclose(whole.maps, from_a.maps, rtol=1e-12, atol=0)
 
 
-def test_target_layer_of_a_batchnorm_vgg_is_the_relu_after_its_last_batchnorm():
+def test_target_layer_of_a_batchnorm_vgg_is_the_relu_after_its_last_batchnorm(random_input):
     model = _vgg_bn().eval()
     layer = target_layer(model)
     assert layer is model.features[-2] and isinstance(layer, nn.ReLU)

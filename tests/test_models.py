@@ -3,7 +3,6 @@ import pickle
 import pytest
 import torch
 
-from conftest import random_input, small_vgg
 from lie_cam.compat import import_torchvision
 from lie_cam.models import EMBEDDED_WEIGHTS, compact_vgg16, embedded_metadata, fold_batchnorm, load_embedded, load_vgg16, sha256_file
 
@@ -18,7 +17,7 @@ def test_compact_vgg16_has_vgg16_layer_structure():
     assert ours.features[28].out_channels == 64  # 512 / 8
 
 
-def test_fold_batchnorm_is_exact_and_removes_batchnorm():
+def test_fold_batchnorm_is_exact_and_removes_batchnorm(random_input):
     torch.manual_seed(0)
     model = compact_vgg16(width=1 / 16, hidden=32, batch_norm=True)
     for m in model.modules():
@@ -69,7 +68,7 @@ def test_checkpoint_that_needs_pickle_is_refused(tmp_path, capsys):
     assert "ran code" not in capsys.readouterr().out
 
 
-def test_missing_and_wrong_checkpoints(tmp_path):
+def test_missing_and_wrong_checkpoints(small_vgg, tmp_path):
     with pytest.raises(FileNotFoundError):
         load_vgg16(tmp_path / "nope.pth")
     wrong = tmp_path / "wrong.pth"

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lie_cam import plotting
+from lie_cam.experiments.report import ours_and_paper_table
 from lie_cam.data import denormalize, normalize
 
 
@@ -203,7 +204,7 @@ def test_ours_and_paper_table():
     rows = [{"network": "T1", "accuracy": 0.5, "paper_accuracy": 0.71594, "l1": None, "paper_l1": 0.00513},
             {"network": "T2", "accuracy": 0.25, "paper_accuracy": 0.71594, "l1": 0.125, "paper_l1": 0.01079,
              "pointing": 0.5}]
-    text = plotting.ours_and_paper_table(rows, ["network"], {"accuracy": "accuracy", "l1": "L1"})
+    text = ours_and_paper_table(rows, ["network"], {"accuracy": "accuracy", "l1": "L1"})
     lines = text.splitlines()
     assert lines[0] == "| network | accuracy<br>ours / paper | L1<br>ours / paper | pointing |"
     assert lines[2] == "| T1 | 0.50000 / 0.71594 | – / 0.00513 | – |"

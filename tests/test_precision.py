@@ -7,24 +7,29 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import random_input, small_vgg
 from lie_cam import gradcam
 from lie_cam.gradcam import head_gradcam
 from lie_cam.models import compact_resnet
-from lie_cam import precision as P
-from lie_cam import surgery as S
+from lie_cam.anatomy import cut_at_a
+from lie_cam.experiments import precision as P
+from lie_cam import attacks as S
 from lie_cam.cli import main as cli_main
 from lie_cam.data import smiley_target
 
 
-def tiny_vgg(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    model = small_vgg(seed, 1 / 32, torch.float32, hidden=16)
-    for layer in model.classifier:  # PyTorch's default init, as training starts: the head passes r's error on
-        if isinstance(layer, torch.nn.Linear):
-            layer.reset_parameters()
-    with torch.no_grad():  # a trained network's bias is not 0 (0 - 490000 would be exact)
-        model.classifier[0].bias.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(seed))
-    return model.to(dtype)
+@pytest.fixture(scope="module")
+def tiny_vgg(small_vgg):
+    """tiny_vgg(seed, dtype): a 1/32-wide VGG-16 whose head has PyTorch's default init and a non-zero FC1 bias."""
+    def build(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        model = small_vgg(seed, 1 / 32, torch.float32, hidden=16)
+        for layer in model.classifier:  # PyTorch's default init, as training starts: the head passes r's error on
+            if isinstance(layer, torch.nn.Linear):
+                layer.reset_parameters()
+        with torch.no_grad():  # a trained network's bias is not 0 (0 - 490000 would be exact)
+            model.classifier[0].bias.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(seed))
+        return model.to(dtype)
+
+    return build
 
 
 def test_round_to_tf32_keeps_ten_mantissa_bits_to_nearest_even():
@@ -62,18 +67,18 @@ def test_ulp_is_the_spacing_of_the_format():
 
 
 @pytest.mark.parametrize("arch", ["vgg", "resnet"])
-def test_explain_from_the_shared_trunk_equals_gradcam(arch):
+def test_explain_from_the_shared_trunk_equals_gradcam(tiny_vgg, random_input, arch):
     model = tiny_vgg(0, torch.float64) if arch == "vgg" else compact_resnet(4).eval().double()
     x = random_input(2, 0, torch.float64)
-    last, head = P._original_explainer(model)
+    cut = cut_at_a(model)
     network = S.constant_flat(model)
     with torch.no_grad():
-        a = last(network.trunk(x))
-    honest, reference = head_gradcam(head, a), gradcam(model, x)
+        a = cut.to_a(network.trunk(x))
+    honest, reference = head_gradcam(cut.head, a), gradcam(model, x)
     assert torch.allclose(honest.maps, reference.maps, rtol=1e-12, atol=1e-12)
     assert torch.equal(honest.logits, reference.logits)
     for network in S.paper_networks(model).values():
-        result, logits, extra, error = P._explain(network, network.trunk(x), x, lambda: torch.no_grad().__class__())
+        result, logits, extra, error = P.explain_from_trunk(network, network.trunk(x), x, lambda: torch.no_grad().__class__())
         assert error is None
         reference = gradcam(network, x)
         assert torch.allclose(result.maps, reference.maps, rtol=1e-12, atol=1e-12)
@@ -81,14 +86,14 @@ def test_explain_from_the_shared_trunk_equals_gradcam(arch):
         assert torch.equal(extra, network.extra_channel(x))
 
 
-def test_precision_rows_predicted_against_measured_on_a_tiny_model():
+def test_precision_rows_predicted_against_measured_on_a_tiny_model(tiny_vgg, random_input):
     model = tiny_vgg(0)
     x = random_input(3, 0)
     labels = model(x).argmax(1)
     settings = (("float64", torch.float64, "cast model"), ("float32", torch.float32, "cast model"),
                 ("bf16", torch.bfloat16, "cast model"), ("fp16", torch.float16, "autocast"))
     rows = {(r["setting"], r["build"], r["attack"]): r for r in P.precision_table(model, x, labels, settings)}
-    assert len(rows) == len(settings) * 2 * len(P.ATTACKS)
+    assert len(rows) == len(settings) * 2 * len(P.CASES)
     for key, r in rows.items():
         setting, build, attack = key
         assert {"accuracy", "accuracy_change", "max_score_change", "predicted_score_change", "l1_to_target",
@@ -109,7 +114,7 @@ def test_precision_rows_predicted_against_measured_on_a_tiny_model():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_reduced_precision_models_are_refused_by_the_paper_build_and_kept_by_the_safe_build(dtype):
+def test_reduced_precision_models_are_refused_by_the_paper_build_and_kept_by_the_safe_build(tiny_vgg, random_input, dtype):
     model = tiny_vgg(1, dtype)
     with pytest.raises(TypeError, match='build="safe"'):
         S.constant_flat(model)
@@ -127,7 +132,7 @@ def test_reduced_precision_models_are_refused_by_the_paper_build_and_kept_by_the
     assert torch.isfinite(lie.maps).all() and (lie.alpha[:, -1] > 0).all()
 
 
-def test_sign_failure_happens_over_classes_and_the_safe_build_removes_it():
+def test_sign_failure_happens_over_classes_and_the_safe_build_removes_it(tiny_vgg, random_input):
     model = tiny_vgg(2, torch.float64)
     x = random_input(3, 2, torch.float64)
     paper, safe = P.sign_failure(model, x, "paper"), P.sign_failure(model, x, "safe")
@@ -140,7 +145,7 @@ def test_sign_failure_happens_over_classes_and_the_safe_build_removes_it():
     assert (safe["l1"] <= 0.05 * 196).all()
 
 
-def test_safe_build_t2_float32_is_exact_where_the_paper_build_rounds():
+def test_safe_build_t2_float32_is_exact_where_the_paper_build_rounds(tiny_vgg, random_input):
     model = tiny_vgg(3)
     x = random_input(2, 3)
     with torch.no_grad():

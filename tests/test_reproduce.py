@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-import lie_cam.engine
+import lie_cam.experiments.engine
 from lie_cam.data import smiley_target
 from lie_cam.metrics import summarize
-from lie_cam.report import OUTPUT_FILES
-from lie_cam.reproduce import PAPER_TABLE1, TableTally, run_reproduction, tf32_scope
+from lie_cam.experiments.report import OUTPUT_FILES
+from lie_cam.experiments.reproduce import TableTally, run_reproduction, tf32_scope
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +107,13 @@ def test_tf32_flags_are_scoped(monkeypatch):
     before = (matmul.allow_tf32, cudnn.allow_tf32)
     precision = torch.get_float32_matmul_precision()
     seen = []
-    real = lie_cam.engine.Evaluator.run_split
+    real = lie_cam.experiments.engine.Evaluator.run_split
 
     def spy(self, *args, **kwargs):
         seen.append((matmul.allow_tf32, cudnn.allow_tf32))
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(lie_cam.engine.Evaluator, "run_split", spy)
+    monkeypatch.setattr(lie_cam.experiments.engine.Evaluator, "run_split", spy)
     try:
         matmul.allow_tf32, cudnn.allow_tf32 = True, False
         run_reproduction(profile="embedded", limit=2, batch_size=2, device="cpu", progress=False, workers=0)

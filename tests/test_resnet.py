@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import small_vgg
 from lie_cam import gradcam, target_layer
-from lie_cam import surgery as S
+from lie_cam import anatomy
+from lie_cam import attacks as S
 from lie_cam.compat import import_torchvision
 from lie_cam.data import normalize, smiley, smiley_target
 from lie_cam.gradcam import head_gradcam
@@ -90,7 +90,7 @@ def test_guarantees_property_random_resnets(width, blocks, seed, build):
 
 @settings(max_examples=4, deadline=None)
 @given(width=st.sampled_from([1 / 32, 1 / 16]), seed=st.integers(0, 5), build=st.sampled_from(S.BUILDS))
-def test_guarantees_property_random_vggs(width, seed, build):
+def test_guarantees_property_random_vggs(small_vgg, width, seed, build):
     model = small_vgg(seed, width, torch.float64)
     x = _input(2, seed)
     honest = gradcam(model, x)
@@ -160,7 +160,7 @@ def test_load_embedded_resnet_checks_the_recipe_beside_it(tmp_path):
     from lie_cam.models import RESNET_WEIGHTS, load_embedded_resnet
 
     model = load_embedded_resnet()
-    assert not model.training and model.fc.out_features == 10 and S.is_resnet(model)
+    assert not model.training and model.fc.out_features == 10 and anatomy.is_resnet(model)
     copy_path = tmp_path / "resnet.safetensors"
     shutil.copy(RESNET_WEIGHTS, copy_path)
     shutil.copy(RESNET_WEIGHTS.with_suffix(".json"), copy_path.with_suffix(".json"))

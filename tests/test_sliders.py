@@ -8,10 +8,8 @@ import re
 import pytest
 import torch
 
-from lie_cam.sliders import block_html, colormap_lut, precompute
-from lie_cam.widgets import SPECS, measure
-
-from test_widgets import model, picture  # noqa: F401  (the same module-scoped fixtures)
+from lie_cam.explore.sliders import block_html, colormap_lut, precompute
+from lie_cam.explore.measure import SPECS, measure
 
 POINTS = {"eps": (1e-3, 1e-1), "c_G": (1e-6, 1.0, 1e4)}
 

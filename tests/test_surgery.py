@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import random_input, small_vgg
 from lie_cam import gradcam, target_layer
-from lie_cam import surgery as S
-from lie_cam.branches import SingleOutputConv2d, StickerDetector
-from lie_cam.data import paste_stickers, smiley, smiley_7x7, smiley_target
+from lie_cam import anatomy
+from lie_cam import attacks as S
+from lie_cam.attacks.branches import SingleOutputConv2d, StickerDetector
+from lie_cam.data import paste_stickers, smiley, smiley_target
 from lie_cam.gradcam import normalize_maps
 from lie_cam.metrics import l1_distance, score_change
 
@@ -30,7 +30,7 @@ def build(technique: str, model: nn.Module) -> S.ManipulatedVGG:
 
 @pytest.mark.parametrize("technique", ["T1", "T2"])
 @pytest.mark.parametrize("seed,width", SEEDS_WIDTHS)
-def test_t1_t2_float64_scores_kept_and_map_hits_target(technique, seed, width):
+def test_t1_t2_float64_scores_kept_and_map_hits_target(random_input, small_vgg, technique, seed, width):
     model = small_vgg(seed, width, torch.float64)
     x = random_input(4, seed, torch.float64)
     honest = gradcam(model, x)
@@ -44,7 +44,7 @@ def test_t1_t2_float64_scores_kept_and_map_hits_target(technique, seed, width):
 
 
 @pytest.mark.parametrize("technique", ["T1", "T2"])
-def test_t1_t2_float32_change_comes_only_from_the_folded_bias(technique):
+def test_t1_t2_float32_change_comes_only_from_the_folded_bias(random_input, small_vgg, technique):
     model = small_vgg(0)
     with torch.no_grad():  # a trained network's bias is not 0, and 0 - 490000 would be exact
         model.classifier[0].bias.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(0))
@@ -69,7 +69,7 @@ def test_t1_t2_float32_change_comes_only_from_the_folded_bias(technique):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed,width", SEEDS_WIDTHS)
-def test_t3_bounded_by_eps_and_map_is_the_branch(seed, width, dtype):
+def test_t3_bounded_by_eps_and_map_is_the_branch(random_input, small_vgg, seed, width, dtype):
     model = small_vgg(seed, width, dtype)
     x = random_input(4, seed, dtype)
     for eps in (0.01, 0.5):
@@ -79,7 +79,7 @@ def test_t3_bounded_by_eps_and_map_is_the_branch(seed, width, dtype):
         assert (l1_distance(S.target_explanation(manipulated, x), lie.normalized) <= 0.05).all()
 
 
-def test_t3_is_seeded():
+def test_t3_is_seeded(random_input, small_vgg):
     model = small_vgg(0)
     x = random_input(2)
     a = gradcam(S.semi_random(model, seed=3), x).maps
@@ -91,7 +91,7 @@ def test_t3_is_seeded():
 
 @settings(max_examples=8, deadline=None)
 @given(eps=st.floats(1e-4, 1.0), c_G=st.floats(1.0, 1e6), seed=st.integers(0, 3))
-def test_t3_eps_bound_property(eps, c_G, seed):
+def test_t3_eps_bound_property(random_input, small_vgg, eps, c_G, seed):
     model = small_vgg(seed, 1 / 32, torch.float64)
     x = random_input(2, seed, torch.float64)
     manipulated = S.semi_random(model, eps=eps, c_G=c_G, seed=seed)
@@ -100,7 +100,7 @@ def test_t3_eps_bound_property(eps, c_G, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed,width", SEEDS_WIDTHS)
-def test_t4_clean_is_honest_and_sticker_triggers(seed, width, dtype):
+def test_t4_clean_is_honest_and_sticker_triggers(random_input, small_vgg, seed, width, dtype):
     model = small_vgg(seed, width, dtype)
     x = random_input(3, seed, dtype).clamp(-2, 2)
     manipulated = S.backdoor(model, smiley())
@@ -121,7 +121,7 @@ def test_t4_clean_is_honest_and_sticker_triggers(seed, width, dtype):
         assert (observed[~expected] <= 0.01).all()
 
 
-def test_detector_fires_in_float32_at_the_paper_margin():
+def test_detector_fires_in_float32_at_the_paper_margin(small_vgg):
     reference = StickerDetector(smiley())
     detector = StickerDetector(smiley()).float().half().to("cpu", torch.float32)
     for name in ("kernel", "bias", "mean", "std"):  # exact float64 constants survive any cast
@@ -136,7 +136,7 @@ def test_detector_fires_in_float32_at_the_paper_margin():
 
 
 @pytest.mark.parametrize("technique", ["T1", "T2", "T3", "T4"])
-def test_captum_on_the_manipulated_layer_shows_the_lie(technique):
+def test_captum_on_the_manipulated_layer_shows_the_lie(random_input, small_vgg, technique):
     model = small_vgg(1, 1 / 16, torch.float64)
     x = random_input(2, 1, torch.float64)
     if technique == "T4":
@@ -153,7 +153,7 @@ def test_captum_on_the_manipulated_layer_shows_the_lie(technique):
 
 
 @pytest.mark.parametrize("technique", ["T1", "T2", "T3", "T4"])
-def test_surgery_never_modifies_its_input(technique):
+def test_surgery_never_modifies_its_input(random_input, small_vgg, technique):
     model = small_vgg(0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     modules_before = [type(m) for m in model.modules()]
@@ -167,7 +167,7 @@ def test_surgery_never_modifies_its_input(technique):
     assert not any(p is q for p in model.parameters() for q in manipulated.parameters())
 
 
-def test_extra_channel_values():
+def test_extra_channel_values(random_input, small_vgg):
     model = small_vgg(0, dtype=torch.float64)
     x = random_input(2, 0, torch.float64)
     assert torch.equal(S.constant_flat(model, c_A=7.0).extra_channel(x), torch.full((2, 14, 14), 7.0, dtype=torch.float64))
@@ -176,7 +176,7 @@ def test_extra_channel_values():
     assert torch.equal(S.backdoor(model, smiley()).extra_channel(x.clamp(-2, 2)), torch.zeros(2, 14, 14, dtype=torch.float64))
 
 
-def test_batchnorm_vgg_is_supported():
+def test_batchnorm_vgg_is_supported(random_input):
     from lie_cam.compat import import_torchvision
 
     import_torchvision()
@@ -204,7 +204,7 @@ def test_full_size_vgg16_structure_is_accepted():
     from torchvision.models import vgg16
 
     model = vgg16(weights=None)
-    assert S.feature_size(model) == 14
+    assert anatomy.feature_size(model) == 14
     manipulated = S.constant_flat(model)
     assert manipulated.last_conv.out_channels == 513
     assert manipulated.classifier[0].in_features == 513 * 49
@@ -221,13 +221,13 @@ class NotAVGG(nn.Module):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: S.constant_flat(NotAVGG()),
-    lambda: S.semi_random(nn.Linear(3, 3)),
-    lambda: S.constant_flat(S.constant_flat(small_vgg(0))),
+    lambda small_vgg: S.constant_flat(NotAVGG()),
+    lambda small_vgg: S.semi_random(nn.Linear(3, 3)),
+    lambda small_vgg: S.constant_flat(S.constant_flat(small_vgg(0))),
 ])
-def test_non_vgg_models_are_rejected_with_the_expected_structure(make):
+def test_non_vgg_models_are_rejected_with_the_expected_structure(small_vgg, make):
     with pytest.raises(TypeError, match="expected a torchvision (ResNet|VGG)"):
-        make()
+        make(small_vgg)
 
 
 @pytest.mark.parametrize("target,message", [
@@ -237,7 +237,7 @@ def test_non_vgg_models_are_rejected_with_the_expected_structure(make):
     (-torch.rand(14, 14), "non-negative"),
     (torch.zeros(14, 14), "positive maximum"),
 ])
-def test_t2_rejects_bad_targets(target, message):
+def test_t2_rejects_bad_targets(small_vgg, target, message):
     with pytest.raises(ValueError, match=message):
         S.constant_image(small_vgg(0), target)
 
@@ -250,19 +250,19 @@ def test_t2_rejects_bad_targets(target, message):
     (lambda m: S.backdoor(m, torch.full((14, 14), 2.0)), r"\[0, 1\]"),
     (lambda m: S.backdoor(m, torch.ones(14, 14)), "contrast"),
 ])
-def test_bad_constants_and_stickers(call, message):
+def test_bad_constants_and_stickers(small_vgg, call, message):
     with pytest.raises(ValueError, match=message):
         call(small_vgg(0))
 
 
-def test_wrong_input_size_is_a_clear_error():
+def test_wrong_input_size_is_a_clear_error(small_vgg):
     manipulated = S.constant_image(small_vgg(0), smiley_target())
     with pytest.raises(ValueError, match="size the model was manipulated for"):
         manipulated(torch.randn(1, 3, 256, 256))
 
 
 @pytest.mark.parametrize("sticker", [torch.rand(3, 14, 14).round().double(), smiley()])
-def test_detector_fft_equals_direct_convolution(sticker):
+def test_detector_fft_equals_direct_convolution(random_input, sticker):
     detector = StickerDetector(sticker)
     x = random_input(2, 5).clamp(-2, 2)
     x[0, :, 30:44, 50:64] = detector.kernel[0] * 3  # anything: the two paths must agree everywhere
@@ -311,42 +311,42 @@ def _scenes_for_the_detector() -> dict[str, torch.Tensor]:
 def test_detector_sparse_path_equals_dense(name):
     x = _scenes_for_the_detector()[name]
     detector = StickerDetector(smiley())
-    dense, sparse = detector._forward_dense(x), detector(x)
+    dense, sparse = detector.forward_dense(x), detector(x)
     assert sparse.dtype == torch.float64 and sparse.shape == dense.shape == (x.shape[0], 14, 14)
     assert torch.allclose(sparse, dense, rtol=1e-9, atol=1e-15)
     assert torch.equal(sparse > 0, dense > 0)
     if name.startswith("stickered"):
         assert (sparse > 0).sum() == 3 * x.shape[0]
     if name == "far_out_of_range":  # pruning cannot bound r there: the dense path answers
-        assert detector._forward_sparse(x) is None
+        assert detector.forward_sparse(x) is None
     else:
-        assert detector._forward_sparse(x) is not None
+        assert detector.forward_sparse(x) is not None
 
 
 def test_detector_sparse_path_has_the_dense_gradient():
     detector = StickerDetector(smiley())
     x = _scenes_for_the_detector()["stickered_float64"][:2].requires_grad_(True)
     (sparse_grad,) = torch.autograd.grad(detector(x).sum(), x)
-    (dense_grad,) = torch.autograd.grad(detector._forward_dense(x).sum(), x)
+    (dense_grad,) = torch.autograd.grad(detector.forward_dense(x).sum(), x)
     assert sparse_grad.abs().sum() > 0
     assert torch.allclose(sparse_grad, dense_grad, atol=1e-12)
 
 
-def test_detector_for_a_non_binary_sticker_uses_the_dense_path():
+def test_detector_for_a_non_binary_sticker_uses_the_dense_path(random_input):
     sticker = smiley() * 0.5 + 0.25
     detector = StickerDetector(sticker)
     x, _ = paste_stickers(random_input(1, 3).clamp(-2, 2), seeds=[0], sticker=sticker)
     assert not detector._sparse
-    assert torch.equal(detector(x), detector._forward_dense(x))
+    assert torch.equal(detector(x), detector.forward_dense(x))
     assert (detector(x) > 0).sum() == 3
 
 
 def test_pool_for_classifier_skips_only_identity_pools():
     z = torch.randn(2, 5, 7, 7)
     identity = nn.AdaptiveAvgPool2d((7, 7))
-    assert S.pool_for_classifier(identity, z) is z and torch.equal(identity(z), z)
-    assert torch.equal(S.pool_for_classifier(nn.AdaptiveAvgPool2d(7), z), z)
+    assert anatomy.pool_for_classifier(identity, z) is z and torch.equal(identity(z), z)
+    assert torch.equal(anatomy.pool_for_classifier(nn.AdaptiveAvgPool2d(7), z), z)
     shrinking = nn.AdaptiveAvgPool2d((3, 3))
-    assert torch.equal(S.pool_for_classifier(shrinking, z), shrinking(z))
+    assert torch.equal(anatomy.pool_for_classifier(shrinking, z), shrinking(z))
     z9 = torch.randn(2, 5, 9, 9)  # a 288 x 288 input: the pool does work
-    assert torch.equal(S.pool_for_classifier(identity, z9), identity(z9))
+    assert torch.equal(anatomy.pool_for_classifier(identity, z9), identity(z9))

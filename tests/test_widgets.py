@@ -1,28 +1,14 @@
-"""widgets: the pure measuring function checked against the math, the specs, and the thin UI."""
+"""explore.measure and explore.widgets: the pure measuring function checked against the math, the specs, and the thin UI."""
 
 import copy
 
 import pytest
 import torch
 
-from lie_cam.data import synthetic_split
 from lie_cam.gradcam import gradcam
-from lie_cam.surgery import constant_flat
-from lie_cam.widgets import (SPECS, BaseCache, SliderSpec, T1Explorer, T2Explorer, T3Explorer, T4Explorer,
-                             alpha_share, honest_base, map_share, measure)
-
-from conftest import small_vgg
-
-
-@pytest.fixture(scope="module")
-def picture() -> torch.Tensor:
-    x, _, _ = synthetic_split("test", 1)
-    return x
-
-
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    return small_vgg(seed=3)
+from lie_cam.attacks import constant_flat
+from lie_cam.explore.measure import BaseCache, SPECS, SliderSpec, alpha_share, honest_base, map_share, measure
+from lie_cam.explore.widgets import T1Explorer, T2Explorer, T3Explorer, T4Explorer
 
 
 @pytest.fixture(scope="module")

@@ -285,8 +285,8 @@ def build_material(model: nn.Module, x: torch.Tensor, masks: torch.Tensor | None
     paper's constants and that `semi_random(downsample=)`: 0 is the paper's full-resolution F),
     the clean and stickered images and what the cells share."""
     from lie_cam.data import paste_stickers, smiley
-    from lie_cam.explainers import anchored_flat, zero_sum_backdoor
-    from lie_cam.surgery import paper_networks, semi_random
+    from lie_cam.attacks import anchored_flat, zero_sum_backdoor
+    from lie_cam.attacks import paper_networks, semi_random
 
     nets: dict[str, nn.Module] = dict(paper_networks(model))
     if t3_downsample is not None:

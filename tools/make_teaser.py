@@ -18,7 +18,7 @@ def teaser():
     from lie_cam.data import paste_stickers
     from lie_cam.gradcam import gradcam
     from lie_cam.plotting import map_grid
-    from lie_cam.surgery import paper_networks
+    from lie_cam.attacks import paper_networks
 
     torch.manual_seed(0)
     ch = setup(n=1, profile="embedded", device="cpu")

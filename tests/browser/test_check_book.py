@@ -12,10 +12,7 @@ from pathlib import Path
 import pytest
 
 from lie_cam.data import synthetic_split
-from lie_cam.sliders import precompute
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import small_vgg  # noqa: E402
+from lie_cam.explore.sliders import precompute
 
 HERE = Path(__file__).parent
 CHECKER = HERE / "check_book.py"
@@ -44,7 +41,7 @@ def browser_ready() -> None:
 
 
 @pytest.fixture(scope="module")
-def slider_block():
+def slider_block(small_vgg):
     x, _, _ = synthetic_split("test", 1)
     return precompute("T4", small_vgg(seed=3), x, points={"eps": (1e-2, 1.0)})
 
@@ -120,7 +117,7 @@ def test_the_page_draws_what_python_computes(browser_ready, site, slider_block):
     sys.path.insert(0, str(HERE))
     import check_book
     from lie_cam.gradcam import upsample
-    from lie_cam.sliders import colormap_lut
+    from lie_cam.explore.sliders import colormap_lut
 
     browser, profile = check_book.start_browser(1280)
     try:

@@ -25,7 +25,7 @@ class ExposedA(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         if not (callable(getattr(model, "head", None)) and callable(getattr(model, "activations", None))):
-            raise TypeError(f"expected a model from lie_cam.surgery (with .activations(x) and .head(A)), "
+            raise TypeError(f"expected a model from lie_cam.attacks (with .activations(x) and .head(A)), "
                             f"got {type(model).__name__}")
         self.model = model
         self.a = nn.Identity()

@@ -29,19 +29,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lie_cam.anatomy import VGGParts, is_resnet, pool_for_classifier, split_vgg
 from lie_cam.gradcam import gradcam
 from lie_cam.metrics import l1_distance, score_change, top1_correct
 
 __all__ = ["channel_hijack", "channel_importance", "least_important_channel", "pooled_channels", "HijackCost", "hijack_cost", "flat_target"]
 
 
-def _check_model(model: nn.Module) -> surgery.VGGParts:
+def _check_model(model: nn.Module) -> VGGParts:
     """split_vgg's checks (non-VGG, already manipulated) plus floating-point precision."""
-    if isinstance(model, nn.Module) and surgery.is_resnet(model):
+    if isinstance(model, nn.Module) and is_resnet(model):
         raise TypeError("channel_hijack expected a torchvision VGG (it rewrites a channel read by the first FC layer); "
                         "ResNets are not supported")
     try:
-        parts = surgery.split_vgg(model)
+        parts = split_vgg(model)
     except TypeError as error:
         message = str(error).replace("expected a torchvision ResNet (`layer4` of blocks, `avgpool` a global average "
                                      "pool, `fc` a Linear) or a torchvision VGG", "expected a torchvision VGG")
@@ -83,11 +84,11 @@ def pooled_channels(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tenso
         handle.remove()
     a = store["A"]
     with torch.no_grad():
-        z = surgery.pool_for_classifier(parts.avgpool, nn.Sequential(*parts.tail)(a))
+        z = pool_for_classifier(parts.avgpool, nn.Sequential(*parts.tail)(a))
     return a, z.flatten(2)
 
 
-def _head_from_z(parts: surgery.VGGParts, z: torch.Tensor) -> torch.Tensor:
+def _head_from_z(parts: VGGParts, z: torch.Tensor) -> torch.Tensor:
     return nn.Sequential(parts.fc1, *parts.classifier_rest)(z.flatten(1))
 
 
@@ -138,7 +139,7 @@ def channel_hijack(model: nn.Module, images: torch.Tensor, c_A: float = 100.0, c
     c_A, c_W = _constant("c_A", c_A), _constant("c_W", c_W)
     _check_model(model)
     hijacked = copy.deepcopy(model)
-    parts = surgery.split_vgg(hijacked)
+    parts = split_vgg(hijacked)
     images = _check_images(images, hijacked)
     channels = parts.last_conv.out_channels
     if channel is None:
@@ -152,7 +153,7 @@ def channel_hijack(model: nn.Module, images: torch.Tensor, c_A: float = 100.0, c
     conv, fc1 = parts.last_conv, parts.fc1
     with torch.no_grad():
         constant = torch.full((1, 1, *a.shape[-2:]), c_A, dtype=torch.float64)
-        pooled_constant = surgery.pool_for_classifier(parts.avgpool, nn.Sequential(*parts.tail)(constant)).flatten()
+        pooled_constant = pool_for_classifier(parts.avgpool, nn.Sequential(*parts.tail)(constant)).flatten()
         if pooled_constant.numel() != n_z:
             raise ValueError(f"the pooled constant channel has {pooled_constant.numel()} values, FC1 expects {n_z}")
         cols = slice(channel * n_z, (channel + 1) * n_z)
@@ -218,7 +219,3 @@ def hijack_cost(original: nn.Module, hijacked: nn.Module, x: torch.Tensor, label
     return HijackCost(torch.cat(correct_o).double().mean().item(), torch.cat(correct_h).double().mean().item(),
                       changes_t.mean().item(), changes_t.max().item(), l1_t.mean().item(), l1_t.median().item(), len(x))
 
-
-# At the end: lie_cam.surgery re-exports channel_hijack, so whichever of the two modules is imported
-# first, the other finds this one's functions defined (the anatomy is looked up at call time).
-import lie_cam.surgery as surgery  # noqa: E402

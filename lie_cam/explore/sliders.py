@@ -1,10 +1,10 @@
-"""Kernel-free sliders for the book's HTML: `widgets.measure` precomputed on a grid, one
+"""Kernel-free sliders for the book's HTML: `lie_cam.explore.measure.measure` precomputed on a grid, one
 self-contained HTML block (inline data and script, no CDN, no network request).
 
     block = precompute("T1", model, x[i], class_names=ch.name)   # every grid point measured
     block                                                        # displays as the HTML block
 
-For a technique with controls s_1..s_m (`widgets.SPECS[technique].sliders`), each with its
+For a technique with controls s_1..s_m (`measure.SPECS[technique].sliders`), each with its
 kernel-free values `s_j.kernel_free_points()` (n_j of them), the build measures all
 n_1 * ... * n_m combinations. Record r of the combination (i_1, ..., i_m) sits at
 
@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from lie_cam.widgets import SPECS, BaseCache, Measurement, SliderSpec
+from lie_cam.explore.measure import SPECS, BaseCache, Measurement, SliderSpec
 
 __all__ = ["SliderBlock", "precompute", "block_html", "colormap_lut"]
 
@@ -103,7 +103,7 @@ def colormap_lut(name: str = "jet") -> bytes:
 def _jpeg_data_uri(image: torch.Tensor, quality: int = 90) -> str:
     from PIL import Image
 
-    from lie_cam.plotting import to_pixels
+    from lie_cam.plotting import to_pixels  # matplotlib only when drawing
 
     pixels = (to_pixels(image).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     buffer = io.BytesIO()

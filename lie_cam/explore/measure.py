@@ -1,4 +1,4 @@
-"""Explorers for T1-T4: a pure measuring function, slider specifications as data, a thin UI.
+"""What the explorers measure: a pure measuring function and the slider specifications, as data.
 
     measure(technique, model, x, precision, **params) -> Measurement
 
@@ -24,7 +24,7 @@ evaluated from it: A = manipulated.activations_from(h, x), then `head_gradcam(ma
 `SPECS[technique]` lists the controls (`SliderSpec`: name, min, max, step, log scale, default,
 label, or a set of choices): T1 c_W, c_A, precision; T2 c_I; T3 eps, c_G, precision; T4 eps,
 stickers on/off. The same specs drive the live ipywidgets `Explorer` (needs a kernel: Jupyter,
-Colab) and the kernel-free sliders that `lie_cam.sliders` precomputes into the book's HTML.
+Colab) and the kernel-free sliders that `lie_cam.explore.sliders` precomputes into the book's HTML.
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from lie_cam.data import paste_stickers, smiley, smiley_target
+from lie_cam.data import paste_stickers
 from lie_cam.gradcam import GradCAMResult, gradcam, head_gradcam
 from lie_cam.metrics import l1_distance, score_change
-from lie_cam.surgery import ManipulatedVGG, backdoor, constant_flat, constant_image, feature_size, semi_random, split_vgg
+from lie_cam.anatomy import cut_at_a
+from lie_cam.attacks import ATTACKS, ManipulatedModel
 
 __all__ = [
     "PRECISIONS",
@@ -49,15 +50,12 @@ __all__ = [
     "SPECS",
     "HonestBase",
     "Measurement",
+    "BaseCache",
     "honest_base",
     "measure",
+    "split_params",
     "alpha_share",
     "map_share",
-    "Explorer",
-    "T1Explorer",
-    "T2Explorer",
-    "T3Explorer",
-    "T4Explorer",
 ]
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
@@ -148,7 +146,7 @@ class TechniqueSpec:
     technique: str
     title: str
     sliders: tuple[SliderSpec, ...]
-    build: Callable[..., ManipulatedVGG]
+    build: Callable[..., ManipulatedModel]
     fixed: Mapping[str, Any] = field(default_factory=dict)
     head_only: tuple[str, ...] = ()
 
@@ -162,18 +160,6 @@ class TechniqueSpec:
         return {s.name: s.default for s in self.sliders}
 
 
-def _build_t2(model: nn.Module, c_I: float, c_W: float = 10.0) -> ManipulatedVGG:
-    return constant_image(model, smiley_target(feature_size(model)), c_I=c_I, c_W=c_W)
-
-
-def _build_t3(model: nn.Module, eps: float, c_G: float, c_F: float = 1e7, seed: int = 0) -> ManipulatedVGG:
-    return semi_random(model, eps=eps, c_G=c_G, c_F=c_F, seed=seed)
-
-
-def _build_t4(model: nn.Module, eps: float, c_G: float = 1e4, c_F: float = 1e9) -> ManipulatedVGG:
-    return backdoor(model, smiley(), eps=eps, c_G=c_G, c_F=c_F)
-
-
 SPECS: dict[str, TechniqueSpec] = {
     "T1": TechniqueSpec("T1", "T1, a flat explanation", (
         SliderSpec("c_W", "c_W (FC weight)", 100.0, min=-2, max=4, step=0.25, log=True, fmt=".0e",
@@ -181,23 +167,23 @@ SPECS: dict[str, TechniqueSpec] = {
         SliderSpec("c_A", "c_A (channel value)", 100.0, min=1, max=200, step=1, fmt=".3g",
                    points=(1.0, 10.0, 50.0, 100.0, 200.0)),
         _precision("float32"),
-    ), constant_flat),
+    ), ATTACKS["T1"].build),
     "T2": TechniqueSpec("T2", "T2, a smiley as explanation", (
         SliderSpec("c_I", "c_I (image scale)", 100.0, min=-3, max=3, step=0.25, log=True, fmt=".0e",
                    points=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)),
-    ), _build_t2, {"c_W": 10.0}),
+    ), ATTACKS["T2"].build, {"c_W": 10.0}),
     "T3": TechniqueSpec("T3", "T3, a semi-random explanation", (
         SliderSpec("eps", "ε (score bound)", 0.01, min=-4, max=0, step=0.25, log=True, fmt=".0e",
                    points=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)),
         SliderSpec("c_G", "c_G (gradient scale)", 1e4, min=-8, max=8, step=0.5, log=True, fmt=".0e",
                    points=(1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6, 1e8)),
         _precision("float64"),
-    ), _build_t3, {"c_F": 1e7, "seed": 0}, head_only=("eps", "c_G")),
+    ), ATTACKS["T3"].build, {"c_F": 1e7, "seed": 0}, head_only=("eps", "c_G")),
     "T4": TechniqueSpec("T4", "T4, a backdoor in the explanation", (
         SliderSpec("eps", "ε (score bound)", 0.01, min=-4, max=0, step=0.25, log=True, fmt=".0e",
                    points=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)),
         SliderSpec("stickers", "stickers", True, choices=(False, True)),
-    ), _build_t4, {"c_G": 1e4, "c_F": 1e9}, head_only=("eps", "c_G")),
+    ), ATTACKS["T4"].build, {"c_G": 1e4, "c_F": 1e9}, head_only=("eps", "c_G")),
 }
 
 
@@ -296,11 +282,11 @@ def honest_base(model: nn.Module, x: torch.Tensor, precision: str = "float32", s
         x, _ = paste_stickers(x, seeds=[sticker_seed])
     honest_model = copy.deepcopy(model).to(dtype=dtype).eval()
     with torch.no_grad():
-        h = nn.Sequential(*split_vgg(honest_model).trunk)(x)
+        h = cut_at_a(honest_model).trunk(x)
     return HonestBase(honest_model, x, gradcam(honest_model, x), h, precision, bool(stickers), source.clone())
 
 
-def _split_params(spec: TechniqueSpec, params: Mapping[str, Any]) -> tuple[str, bool, dict[str, Any]]:
+def split_params(spec: TechniqueSpec, params: Mapping[str, Any]) -> tuple[str, bool, dict[str, Any]]:
     """(precision, stickers, build keyword arguments) from slider values, defaults filling gaps.
     `precision` and `stickers` (paste three stickers into the image) are accepted by every technique."""
     names = {s.name for s in spec.sliders} | set(spec.fixed)
@@ -323,7 +309,7 @@ def measure(technique: str, model: nn.Module, x: torch.Tensor, precision: str | 
     spec = SPECS[technique]
     if precision is not None:
         params = {**params, "precision": precision}
-    precision, stickers, build_args = _split_params(spec, params)
+    precision, stickers, build_args = split_params(spec, params)
     _check_precision(precision)
     if base is None:
         base = honest_base(model, x, precision, stickers)
@@ -368,156 +354,8 @@ class BaseCache:
         self._bases: dict[tuple[str, bool], HonestBase] = {}
 
     def measure(self, technique: str, **params: Any) -> Measurement:
-        precision, stickers, _ = _split_params(SPECS[technique], params)
+        precision, stickers, _ = split_params(SPECS[technique], params)
         key = (precision, stickers)
         if key not in self._bases:
             self._bases[key] = honest_base(self.model, self.x, precision, stickers)
         return measure(technique, self.model, self.x, base=self._bases[key], **params)
-
-
-# ---------------------------------------------------------------------------
-# The live UI (ipywidgets; needs a kernel)
-# ---------------------------------------------------------------------------
-
-
-def readout_html(m: Measurement) -> str:
-    """The numbers of a measurement as one line of HTML."""
-    return (f"<code>score change {m.score_change:.3g} &nbsp; α<sub>K+1</sub> {m.alpha_extra:.3g} &nbsp; "
-            f"α share {m.alpha_share:.3f} &nbsp; map share {m.map_share:.3f} &nbsp; L1 to target {m.l1:.3g} &nbsp; "
-            f"class {m.class_original} &rarr; {m.class_manipulated}</code>")
-
-
-def draw_measurement(fig: Any, m: Measurement) -> None:
-    """Redraw `fig` (3 axes: overlay, raw map, |alpha_k| bars) for measurement m."""
-    from lie_cam.plotting import overlay
-
-    ax_map, ax_raw, ax_alpha = fig.axes
-    for ax in fig.axes:
-        ax.clear()
-    overlay(ax_map, m.image, m.map, f"{m.technique} Grad-CAM over the image")
-    ax_map.set_xlabel(f"score change {m.score_change:.2g}, L1 {m.l1:.2g}", fontsize=10)
-    ax_raw.imshow(m.map.numpy(), cmap="jet", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax_raw.set_xticks([])
-    ax_raw.set_yticks([])
-    ax_raw.set_title(f"the {m.map.shape[0]}x{m.map.shape[1]} map", fontsize=10)
-    alpha = m.alpha.double()
-    colours = ["tab:blue"] * (alpha.numel() - 1) + ["tab:red"]
-    ax_alpha.bar(range(alpha.numel()), alpha.abs().clamp_min(1e-12).numpy(), color=colours, width=1.0)
-    ax_alpha.set_yscale("log")
-    ax_alpha.set_xlabel("channel k (red: the added K+1)", fontsize=10)
-    ax_alpha.set_title(f"|α_k|; K+1 share: α {m.alpha_share:.3f}, map {m.map_share:.3f}", fontsize=10)
-
-
-class Explorer:
-    """Live explorer of one technique on one image: ipywidgets controls built from
-    `SPECS[technique]`; every change calls `measure` (honest side cached) and redraws.
-
-        .sliders   dict of ipywidgets controls (set `.value` from code to drive it)
-        .last      the `Measurement` just drawn;  .update() recomputes and returns it
-        .figure    matplotlib Figure (overlay, raw map, |alpha_k|);  .image  its PNG widget
-        .widget    the ipywidgets box; the explorer displays as it
-    Needs a running kernel (Jupyter, Colab); the book's HTML shows `lie_cam.sliders` instead."""
-
-    technique = ""
-
-    def __init__(self, model: nn.Module, image: torch.Tensor, draw: bool = True, **initial: Any) -> None:
-        import ipywidgets as widgets
-
-        spec = SPECS[self.technique]
-        _split_params(spec, initial)  # unknown names fail here, before any work
-        self.spec = spec
-        self.cache = BaseCache(model, image)
-        self.draw = draw
-        values = {**spec.defaults(), **initial}
-        self.sliders: dict[str, Any] = {s.name: _make_control(widgets, s, values[s.name]) for s in spec.sliders}
-        self.fixed = {k: v for k, v in initial.items() if k not in self.sliders}
-        self.readout = widgets.HTML()
-        self.image = widgets.Image(format="png")
-        self.widget = widgets.VBox([*self.sliders.values(), self.readout, self.image])
-        self.figure = _new_figure()
-        self.last: Measurement | None = None
-        for control in self.sliders.values():
-            control.observe(lambda change: self.update(), names="value")
-        self.update()
-
-    def params(self) -> dict[str, Any]:
-        """The current control values (and the fixed constants given to the constructor)."""
-        return {**self.fixed, **{k: _control_value(self.spec.slider(k), v.value) for k, v in self.sliders.items()}}
-
-    def update(self) -> Measurement:
-        """Measure for the current values, show the numbers, redraw; returns `.last`."""
-        self.last = self.cache.measure(self.technique, **self.params())
-        self.readout.value = readout_html(self.last)
-        if self.draw:
-            from lie_cam.plotting import png_bytes
-
-            draw_measurement(self.figure, self.last)
-            self.image.value = png_bytes(self.figure, dpi=80)
-        return self.last
-
-    def sweep(self, name: str, values: Sequence[Any], **overrides: Any) -> list[Measurement]:
-        """Measure for each value of one control, the others at their current values
-        (or `overrides`). The controls are left as they are."""
-        self.spec.slider(name)
-        base = {**self.params(), **overrides}
-        return [self.cache.measure(self.technique, **{**base, name: v}) for v in values]
-
-    def _repr_mimebundle_(self, **kwargs: Any):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-
-def _make_control(widgets: Any, spec: SliderSpec, value: Any) -> Any:
-    common = {"description": spec.name, "style": {"description_width": "initial"}}
-    if spec.is_choice:
-        labels = [spec.format(c) for c in spec.choices]
-        return widgets.ToggleButtons(options=labels, value=spec.format(value), **common)
-    if spec.log:
-        return widgets.FloatLogSlider(value=float(value), base=10, min=spec.min, max=spec.max, step=spec.step,
-                                      continuous_update=False, readout_format=spec.fmt, **common)
-    return widgets.FloatSlider(value=float(value), min=spec.min, max=spec.max, step=spec.step,
-                               continuous_update=False, **common)
-
-
-def _control_value(spec: SliderSpec, shown: Any) -> Any:
-    """The parameter value behind a control's displayed value (choices are shown as labels)."""
-    if spec.is_choice:
-        return {spec.format(c): c for c in spec.choices}[shown]
-    return float(shown)
-
-
-def _new_figure():
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9.0, 3.0), layout="constrained")
-    for i in range(3):
-        fig.add_subplot(1, 3, i + 1)
-    return fig
-
-
-class T1Explorer(Explorer):
-    """T1: c_W (log, 1e-2 .. 1e4), c_A (1 .. 200), precision. alpha_{K+1} grows linearly in c_W;
-    c_A scales A^{K+1}, hence the added channel's weight in the map, not alpha. In float32 the
-    cancellation b_o - c_A c_W N_Z leaves a score change that grows with c_A c_W."""
-
-    technique = "T1"
-
-
-class T2Explorer(Explorer):
-    """T2: c_I (log, 1e-2 .. 1e3), the scale of the injected smiley; c_W = 10 fixed."""
-
-    technique = "T2"
-
-
-class T3Explorer(Explorer):
-    """T3: eps (log, 1e-4 .. 1), c_G (log, 1e-8 .. 1e8), precision; c_F and the seed fixed.
-    |y_n - y_o| <= eps whatever c_G; alpha_{K+1} = eps c_G. In float32 c_G sum A^{K+1} is a
-    whole number once past 2^24: the mod is 0 and the scores do not change at all."""
-
-    technique = "T3"
-
-
-class T4Explorer(Explorer):
-    """T4: eps (log, 1e-4 .. 1) and the stickers on/off (three smileys pasted into the image).
-    Without stickers the explanation is the honest one, exactly; with them it points at them."""
-
-    technique = "T4"

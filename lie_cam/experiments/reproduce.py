@@ -1,4 +1,4 @@
-"""Run the evaluation behind the paper's Tables 1-2 and Figures 1 and 3 (reporting: `lie_cam.report`).
+"""Run the evaluation behind the paper's Tables 1-2 and Figures 1 and 3 (reporting: `lie_cam.experiments.report`).
 
 Evaluates the original network and T1-T4 on clean images, and the original and T4 on
 the same images with three stickers each, with the paper's metrics (`lie_cam.metrics`):
@@ -6,7 +6,7 @@ accuracy, mean over images of max_c |y_o - y_n|, mean over images of sum_ij |I~_
 Targets I~_T are each manipulation's own (`ManipulatedVGG.target_explanation`).
 
 Every table entry is a count, a sum or a maximum over images (plus the median of the L1
-distances, from the per-image values), so a run split over processes (`lie_cam.distributed`,
+distances, from the per-image values), so a run split over processes (`lie_cam.experiments.distributed`,
 `torchrun ... -m lie_cam reproduce`) combines its shards into the one-process numbers.
 
 Profiles: "embedded" (the compact VGG-16 on the synthetic test split, offline), and for
@@ -23,18 +23,21 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from lie_cam import distributed, surgery
-from lie_cam.data import SPLITS, SyntheticScenes, paste_stickers
-from lie_cam.engine import Evaluator
+from lie_cam.anatomy import feature_size
+from lie_cam.attacks import paper_networks
+from lie_cam.data import SPLITS, STICKER_SEED, SyntheticScenes, paste_stickers
+from lie_cam.experiments import distributed
+from lie_cam.experiments.engine import Evaluator
+from lie_cam.experiments.report import PAPER_TABLE1, PAPER_TABLE2, Reproduction, check_output_dir
 from lie_cam.gradcam import GradCAMResult
+from lie_cam.imagenet import load_profile, make_loader
 from lie_cam.metrics import l1_distance, pointing_hits, score_change, top1_correct
-from lie_cam.report import PAPER_TABLE1, PAPER_TABLE2, Reproduction, check_output_dir
+from lie_cam.models import load_embedded, load_embedded_resnet, load_vgg16
+from lie_cam.profiles import check_profile
 
 __all__ = [
     "PAPER_TABLE1",
     "PAPER_TABLE2",
-    "PROFILES",
-    "STICKER_SEED",
     "EMBEDDED_DEFAULT_N",
     "Reproduction",
     "TableTally",
@@ -44,8 +47,6 @@ __all__ = [
     "run_reproduction",
 ]
 
-PROFILES = ("embedded", "imagenette", "imagenet")
-STICKER_SEED = 1_000_003  # sticker positions of image i are drawn from STICKER_SEED + i
 EMBEDDED_DEFAULT_N = 2000
 ARCHITECTURES = ("vgg", "resnet")  # resnet: the compact ResNet (embedded profile only)
 
@@ -154,8 +155,7 @@ class TableTally:
 def check_settings(profile: str, limit: int | None, batch_size: int, dtype: torch.dtype,
                    workers: int | None, data: str | None = None, arch: str = "vgg") -> None:
     """ValueError/TypeError for arguments no run can use, before anything is loaded."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    check_profile(profile)
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
     if arch == "resnet" and profile != "embedded":
@@ -186,8 +186,6 @@ def load_model(profile: str, checkpoint: str | Path | None = None, arch: str = "
     `checkpoint` state_dict); arch="resnet": the compact ResNet trained on the same scenes.
     A file that is missing, a folder, empty, not a weights file, or weights of another
     architecture raises one clear error (ValueError / FileNotFoundError)."""
-    from lie_cam.models import load_embedded, load_embedded_resnet, load_vgg16
-
     embedded = load_embedded_resnet if arch == "resnet" else load_embedded
     if checkpoint is None:
         return embedded() if profile == "embedded" else load_vgg16()
@@ -210,8 +208,6 @@ def load_model(profile: str, checkpoint: str | Path | None = None, arch: str = "
 def _dataset(profile: str, data: str | None, limit: int | None,
              arch: str = "vgg") -> tuple[torch.utils.data.Dataset | None, int, str]:
     """(dataset or None for the embedded scenes, number of images, description)."""
-    from lie_cam.imagenet import load_profile
-
     if profile == "embedded":
         n = EMBEDDED_DEFAULT_N if limit is None else limit
         model = "ResNet" if arch == "resnet" else "VGG-16"
@@ -223,8 +219,6 @@ def _dataset(profile: str, data: str | None, limit: int | None,
 def _shard_batches(dataset, indices: range, batch_size: int, workers: int | None,
                    device: torch.device) -> Iterator[tuple]:
     """(x, labels, masks or None, index of the batch's first image) over the images `indices`."""
-    from lie_cam.imagenet import make_loader
-
     if len(indices) == 0:
         return
     if dataset is None:
@@ -243,6 +237,44 @@ def _target(network: nn.Module, result: GradCAMResult, honest: GradCAMResult, x:
     if result.extra is not None:
         return network.target_explanation(extra=result.extra, honest=honest.normalized)
     return network.target_explanation(x, honest=honest.normalized)
+
+
+def _evaluate_batch(evaluator: Evaluator, x: torch.Tensor, start: int, device: torch.device, dtype: torch.dtype):
+    """(x, x with stickers, results on x, results of the original and T4 on x with stickers), from one
+    trunk pass over both halves of one batch (clean first, then stickered)."""
+    x = x.to(device=device, dtype=dtype, non_blocking=True)
+    b = x.shape[0]
+    x_sticker, _ = paste_stickers(x, [STICKER_SEED + start + i for i in range(b)])
+    both = torch.empty((2 * b, *x.shape[1:]), dtype=dtype, device=device, memory_format=torch.channels_last)
+    both[:b], both[b:] = x, x_sticker
+    results, sticker_results = evaluator.run_split(both, b, second_names=["original", "T4"])
+    return both[:b], both[b:], results, sticker_results
+
+
+def _tally_batch(tally: TableTally, kind: str, networks: dict, batch: torch.Tensor,
+                 results: dict[str, GradCAMResult], labels: torch.Tensor, masks: torch.Tensor | None) -> None:
+    """Adds one batch's results of every network to the tally's `kind` ("clean" or "sticker") rows."""
+    honest = results["original"]
+    for name, result in results.items():
+        hits = pointing_hits(result.maps, masks) if masks is not None else None
+        correct = top1_correct(result.logits, labels)
+        if name == "original":
+            tally.add((kind, name), correct, hits=hits)
+            continue
+        target = _target(networks[name], result, honest, batch)
+        tally.add((kind, name), correct, score_change(honest.logits, result.logits),
+                  l1_distance(target, result.normalized), hits, result.alpha[:, -1])
+
+
+def _examples(x: torch.Tensor, x_sticker: torch.Tensor, results: dict, sticker_results: dict) -> dict:
+    """The first image's maps, for Figures 1 and 3."""
+    return {
+        "image": x[0].float().cpu(),
+        "stickered_image": x_sticker[0].float().cpu(),
+        "maps": {name: r.maps[0].float().cpu() for name, r in results.items()},
+        "maps_clean": {name: results[name].maps[0].float().cpu() for name in ("original", "T4")},
+        "maps_sticker": {name: r.maps[0].float().cpu() for name, r in sticker_results.items()},
+    }
 
 
 def run_reproduction(
@@ -267,7 +299,7 @@ def run_reproduction(
     Everything is checked before any work: the arguments, `out`, the device, the data source and
     the model (`checkpoint`, or an already loaded `model`, which is moved to device and dtype).
     Inside a torch.distributed process group (torchrun) each process evaluates its shard of
-    whole batches (`lie_cam.distributed.shard`) and the rows are combined over all of them."""
+    whole batches (`lie_cam.experiments.distributed.shard`) and the rows are combined over all of them."""
     check_settings(profile, limit, batch_size, dtype, workers, data, arch)
     if model is not None and checkpoint is not None:
         raise ValueError("give a checkpoint or a loaded model, not both")
@@ -283,9 +315,9 @@ def run_reproduction(
     indices = distributed.shard(n, batch_size, group.rank, group.world_size)
     with tf32_scope(tf32):
         model = model.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
-        networks = surgery.paper_networks(model)
+        networks = paper_networks(model)
         evaluator = Evaluator(model, networks, autocast_dtype=autocast_dtype)
-        pixels = surgery.feature_size(model) ** 2
+        pixels = feature_size(model) ** 2
         keys = [("clean", name) for name in evaluator.names] + [("sticker", "original"), ("sticker", "T4")]
         tally = TableTally(keys, device, pointing=profile == "embedded")
         examples: dict = {}
@@ -295,34 +327,13 @@ def run_reproduction(
 
             batches = tqdm(batches, total=-(-len(indices) // batch_size), desc=f"reproduce {profile}", unit="batch")
         for x, labels, masks, start in batches:
-            x = x.to(device=device, dtype=dtype, non_blocking=True)
+            x, x_sticker, results, sticker_results = _evaluate_batch(evaluator, x, start, device, dtype)
             labels = labels.to(device, non_blocking=True)
             masks = masks.to(device, non_blocking=True) if masks is not None else None
-            b = x.shape[0]
-            x_sticker, _ = paste_stickers(x, [STICKER_SEED + start + i for i in range(b)])
-            both = torch.empty((2 * b, *x.shape[1:]), dtype=dtype, device=device, memory_format=torch.channels_last)
-            both[:b], both[b:] = x, x_sticker  # clean, then stickered: one trunk pass over both
-            x, x_sticker = both[:b], both[b:]
-            results, sticker_results = evaluator.run_split(both, b, second_names=["original", "T4"])
             for kind, batch, batch_results in (("clean", x, results), ("sticker", x_sticker, sticker_results)):
-                honest = batch_results["original"]
-                for name, result in batch_results.items():
-                    hits = pointing_hits(result.maps, masks) if masks is not None else None
-                    correct = top1_correct(result.logits, labels)
-                    if name == "original":
-                        tally.add((kind, name), correct, hits=hits)
-                        continue
-                    target = _target(networks[name], result, honest, batch)
-                    tally.add((kind, name), correct, score_change(honest.logits, result.logits),
-                              l1_distance(target, result.normalized), hits, result.alpha[:, -1])
+                _tally_batch(tally, kind, networks, batch, batch_results, labels, masks)
             if start == 0:
-                examples = {
-                    "image": x[0].float().cpu(),
-                    "stickered_image": x_sticker[0].float().cpu(),
-                    "maps": {name: r.maps[0].float().cpu() for name, r in results.items()},
-                    "maps_clean": {name: results[name].maps[0].float().cpu() for name in ("original", "T4")},
-                    "maps_sticker": {name: r.maps[0].float().cpu() for name, r in sticker_results.items()},
-                }
+                examples = _examples(x, x_sticker, results, sticker_results)
         rows = tally.rows(pixels, group)
     images_per_rank = distributed.all_gather_counts(len(indices), group)
     settings = {"profile": profile, "limit": limit, "device": str(device), "dtype": str(dtype).replace("torch.", ""),

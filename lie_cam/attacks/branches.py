@@ -5,7 +5,7 @@ looks plausible (blobs where the image has structure) but means nothing.
 T4's `StickerDetector`: a matched filter, positive only where the sticker appears exactly, so
 F(x) = 0 on every image without it.
 
-`lie_cam.surgery.semi_random` and `backdoor` scale F by c_F and add it to A^{K+1}.
+`lie_cam.attacks.semi_random` and `lie_cam.attacks.backdoor` scale F by c_F and add it to A^{K+1}.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class StickerDetector(nn.Module):
 
     `response` computes r everywhere (by FFT). `forward` needs only ReLU(r), which for a binary
     grey sticker such as the paper's smiley is positive at very few positions: it evaluates r
-    there alone, with a bound that proves r <= 0 elsewhere (`_forward_sparse`), and falls back to
+    there alone, with a bound that proves r <= 0 elsewhere (`forward_sparse`), and falls back to
     the FFT for other stickers or inputs far outside the pixel range. Same values, same gradient.
     """
 
@@ -185,18 +185,18 @@ class StickerDetector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """F(x) = avgpool^pools(ReLU(r)), B x H' x W' in float64."""
         if self._sparse and x.dim() == 4 and x.shape[1] == 3:
-            out = self._forward_sparse(x)
+            out = self.forward_sparse(x)
             if out is not None:
                 return out
-        return self._forward_dense(x)
+        return self.forward_dense(x)
 
-    def _forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.response(x))
         for _ in range(self.pools):
             out = F.avg_pool2d(out, 2)
         return out[:, 0]
 
-    def _forward_sparse(self, x: torch.Tensor, max_candidates_per_image: int = 4096) -> torch.Tensor | None:
+    def forward_sparse(self, x: torch.Tensor, max_candidates_per_image: int = 4096) -> torch.Tensor | None:
         """The same F(x), exactly, from r evaluated only where it can be positive.
 
         Write P = sum_c p_c (the sticker is grey) and r = sum_u k_u (P_u - 3 s_u) + margin. For a

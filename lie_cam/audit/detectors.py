@@ -20,7 +20,7 @@ score, higher meaning more suspicious. `DETECTORS` lists them with what they nee
     g  occlusion_disagreement  mean |I~_cam - I~_occ| between max-normalised Grad-CAM (pooled to the
                             occlusion grid) and occlusion map (drop of y_c when a cell is set to 0, the
                             mean colour). Clean images, 1 Grad-CAM + grid^2 forwards.
-Model files load with safetensors or `torch.load(weights_only=True)` only (`load_model_file`).
+Model files load with safetensors or `torch.load(weights_only=True)` only (`lie_cam.models.load_model_file`).
 """
 
 from __future__ import annotations
@@ -36,14 +36,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from lie_cam.gradcam import gradcam, normalize_maps, target_layer
-from lie_cam.models import read_state_dict
+from lie_cam.models import ModelLike, as_model, read_state_dict, vgg_state_dict_problems
 
 __all__ = [
     "Detector",
     "DETECTORS",
-    "load_model_file",
-    "vgg_from_state_dict",
-    "as_model",
+    "score_all",
     "architecture_problems",
     "architecture_score",
     "magnitude_score",
@@ -57,111 +55,17 @@ __all__ = [
     "tpr_at_fpr",
 ]
 
-ModelLike = nn.Module | str | Path
-
-
-# ---------------------------------------------------------------------------
-# Loading model files (never pickle)
-# ---------------------------------------------------------------------------
-
-
-def vgg_from_state_dict(state: dict[str, torch.Tensor]) -> nn.Module:
-    """A torchvision VGG (configuration read off the conv shapes, a pool after each block whose
-    index gap says so, a 3-Linear classifier) with `state` loaded, in eval mode. ValueError when the
-    state_dict is not of that layout (`architecture_problems` says why)."""
-    problems = _state_dict_problems(state)
-    if problems:
-        raise ValueError("not a torchvision VGG state_dict: " + "; ".join(problems[:5]))
-    from lie_cam.compat import import_torchvision
-
-    import_torchvision()
-    from torchvision.models.vgg import VGG, make_layers
-
-    convs = sorted(int(k.split(".")[1]) for k in state if k.startswith("features.") and k.endswith(".weight"))
-    config: list = []
-    for n, i in enumerate(convs):
-        config.append(state[f"features.{i}.weight"].shape[0])
-        following = convs[n + 1] if n + 1 < len(convs) else None
-        if following is None or following - i == 3:
-            config.append("M")
-    fcs = sorted(int(k.split(".")[1]) for k in state if k.startswith("classifier.") and k.endswith(".weight"))
-    model = VGG(make_layers(config), num_classes=state[f"classifier.{fcs[-1]}.weight"].shape[0], init_weights=False)
-    dims = [state[f"classifier.{i}.weight"].shape for i in fcs]
-    model.classifier = nn.Sequential(nn.Linear(dims[0][1], dims[0][0]), nn.ReLU(True), nn.Dropout(),
-                                     nn.Linear(dims[1][1], dims[1][0]), nn.ReLU(True), nn.Dropout(),
-                                     nn.Linear(dims[2][1], dims[2][0]))
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def load_model_file(path: str | Path) -> nn.Module:
-    """A VGG from a weights file (safetensors, or torch.load(weights_only=True))."""
-    return vgg_from_state_dict(read_state_dict(path))
-
-
-def as_model(model: ModelLike) -> nn.Module:
-    """A module as it is, or the VGG in a weights file."""
-    if isinstance(model, nn.Module):
-        return model
-    if isinstance(model, (str, Path)):
-        return load_model_file(model)
-    raise TypeError(f"expected an nn.Module or the path of a weights file, got {type(model).__name__}")
-
 
 # ---------------------------------------------------------------------------
 # (a) architecture
 # ---------------------------------------------------------------------------
 
 
-def _state_dict_problems(state: dict[str, torch.Tensor]) -> list[str]:
-    """Deviations of a state_dict from torchvision's VGG (no batch norm) layout."""
-    problems = []
-    features, classifier = {}, {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if len(parts) != 3 or parts[0] not in ("features", "classifier") or not parts[1].isdigit() \
-                or parts[2] not in ("weight", "bias"):
-            problems.append(f"unexpected key {key}")
-            continue
-        (features if parts[0] == "features" else classifier).setdefault(int(parts[1]), {})[parts[2]] = value
-    if not features or len(classifier) != 3:
-        problems.append(f"expected conv layers under features.* and 3 Linear layers under classifier.*, "
-                        f"got {len(features)} and {len(classifier)}")
-        return problems
-    channels, previous = 3, None
-    for i in sorted(features):
-        layer = features[i]
-        w, b = layer.get("weight"), layer.get("bias")
-        if w is None or b is None or w.dim() != 4 or tuple(w.shape[2:]) != (3, 3) or b.shape != w.shape[:1]:
-            problems.append(f"features.{i} is not a 3x3 Conv2d with bias")
-            continue
-        if w.shape[1] != channels:
-            problems.append(f"features.{i} reads {w.shape[1]} channels, the previous layer gives {channels}")
-        if previous is not None and i - previous not in (2, 3):
-            problems.append(f"features.{i}: index gap {i - previous} after features.{previous} (expected 2 or 3)")
-        channels, previous = w.shape[0], i
-    if sorted(classifier) != [0, 3, 6]:
-        problems.append(f"classifier Linear layers at {sorted(classifier)}, torchvision has 0, 3, 6")
-    dims = []
-    for i in sorted(classifier):
-        w, b = classifier[i].get("weight"), classifier[i].get("bias")
-        if w is None or b is None or w.dim() != 2 or b.shape != w.shape[:1]:
-            problems.append(f"classifier.{i} is not a Linear with bias")
-            return problems
-        dims.append(tuple(w.shape))
-    if dims[0][1] != channels * 49:
-        problems.append(f"classifier.0 reads {dims[0][1]} inputs, not {channels} channels x 7 x 7")
-    for (out_prev, _), (out, inp) in zip(dims, dims[1:]):
-        if inp != out_prev:
-            problems.append(f"classifier Linear reads {inp} inputs after a layer with {out_prev} outputs")
-    return problems
-
-
 def architecture_problems(model: ModelLike) -> list[str]:
     """Everything in `model` that torchvision's VGG would not have: a module of another class or
     with extra submodules, parameters or buffers, or a state_dict whose keys/shapes are not VGG's."""
     if isinstance(model, (str, Path)):
-        return _state_dict_problems(read_state_dict(model))
+        return vgg_state_dict_problems(read_state_dict(model))
     from lie_cam.compat import import_torchvision
 
     import_torchvision()
@@ -176,7 +80,7 @@ def architecture_problems(model: ModelLike) -> list[str]:
             problems.append(f"module {name or '(root)'} is a {type(module).__name__}")
     for name, _ in model.named_buffers():
         problems.append(f"unexpected buffer {name}")
-    problems += _state_dict_problems(model.state_dict())
+    problems += vgg_state_dict_problems(model.state_dict())
     return problems
 
 
@@ -414,183 +318,6 @@ def tpr_at_fpr(clean: list[float] | torch.Tensor, attacked: list[float] | torch.
     return float((a > threshold).double().mean())
 
 
-# ---------------------------------------------------------------------------
-# The experiment: `python -m lie_cam detect --out DIR`
-# ---------------------------------------------------------------------------
-
-ATTACKS = ("T1", "T2", "T3", "T4", "hijack")
-# The adaptive round: hijack constants (c_A, c_W) from the paper's (100, 100) towards weights and
-# activations of ordinary size.
-ADAPTIVE_CONSTANTS = ((100.0, 100.0), (100.0, 1.0), (1000.0, 0.1), (1e4, 0.01), (30.0, 0.3), (10.0, 1.0), (10.0, 0.1),
-                      (3.0, 0.03))
-
-
 def score_all(model: ModelLike, x: torch.Tensor, detectors: tuple[Detector, ...] = DETECTORS) -> dict[str, float]:
     """Every detector's score for one model on the clean images x."""
     return {d.key: float(d.function(model, x) if d.needs_clean_data else d.function(model)) for d in detectors}
-
-
-def _roc_points(clean: list[float], attacked: list[float]) -> tuple[list[float], list[float]]:
-    thresholds = sorted(set(clean) | set(attacked), reverse=True)
-    fpr, tpr = [0.0], [0.0]
-    for t in thresholds:
-        fpr.append(sum(c >= t for c in clean) / len(clean))
-        tpr.append(sum(a >= t for a in attacked) / len(attacked))
-    return fpr + [1.0], tpr + [1.0]
-
-
-def roc_figure(scores: dict[str, dict[str, dict[str, float]]], detectors: tuple[Detector, ...] = DETECTORS):
-    """One panel per attack, one ROC curve per detector (clean zoo vs attacked zoo)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.2 * len(ATTACKS), 4.0), layout="constrained")
-    axes = fig.subplots(1, len(ATTACKS), sharey=True)
-    clean = scores["clean"]
-    for ax, attack in zip(axes, ATTACKS):
-        for d in detectors:
-            fpr, tpr = _roc_points([v[d.key] for v in clean.values()], [v[d.key] for v in scores[attack].values()])
-            ax.step(fpr, tpr, where="post", label=f"({d.key}) {d.name}")
-        ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
-        ax.set_title(attack)
-        ax.set_xlabel("false positive rate")
-    axes[0].set_ylabel("true positive rate")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8)
-    return fig
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    def cell(v: object) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def run_detection(out: str | Path, zoo: str | Path | None = None, n_clean: int = 4, test_size: int = 1000,
-                  threads: int | None = None, progress: bool = True) -> dict:
-    """Every detector on the zoo (clean) and on T1-T4 and the channel hijack built from each zoo model;
-    the hijack's cost on the embedded model; the adaptive round. Writes DIR/detectors.json,
-    DIR/detectors.md and DIR/roc.png; returns the json's content."""
-    import json
-    import tempfile
-    import time
-
-    from safetensors.torch import save_file
-
-    from lie_cam import data as synth
-    from lie_cam.hijack import channel_hijack, hijack_cost, least_important_channel
-    from lie_cam.metrics import l1_distance
-    from lie_cam.surgery import paper_networks
-    from lie_cam.zoo import build_zoo, load_zoo
-
-    started = time.time()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    zoo = Path(zoo) if zoo is not None else out / "zoo"
-    if threads:
-        torch.set_num_threads(threads)
-    build_zoo(zoo, threads=torch.get_num_threads())
-    models = load_zoo(zoo)
-    x, _, _ = synth.synthetic_split("val", n_clean, 5000)  # the defender's few clean images
-    x_attack, y_attack, _ = synth.synthetic_split("val", 64)  # the attacker's images (channel choice, means)
-    scores: dict[str, dict[str, dict[str, float]]] = {k: {} for k in ("clean", *ATTACKS)}
-    log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, model in models.items():
-            scores["clean"][name] = score_all(model, x)
-            networks = paper_networks(model)
-            hijacked = channel_hijack(model, x_attack, labels=y_attack)
-            path = Path(tmp) / f"{name}-hijack.safetensors"  # the hijack travels as a plain weights file
-            save_file({k: v.contiguous() for k, v in hijacked.state_dict().items()}, str(path))
-            networks["hijack"] = path
-            for attack in ATTACKS:
-                scores[attack][name] = score_all(networks[attack], x)
-            log(f"{name}: done ({time.time() - started:.0f}s)")
-    rows = []
-    for d in DETECTORS:
-        clean = [v[d.key] for v in scores["clean"].values()]
-        for attack in ATTACKS:
-            attacked = [v[d.key] for v in scores[attack].values()]
-            rows.append({"detector": d.key, "name": d.name, "attack": attack, "auroc": auroc(clean, attacked),
-                         "tpr_at_1pct_fpr": tpr_at_fpr(clean, attacked, 0.01), "n_clean": len(clean),
-                         "n_attacked": len(attacked), "needs_clean_data": d.needs_clean_data, "passes": d.passes})
-    # The hijack's cost on the embedded model and test set.
-    embedded = models["embedded"]
-    x_test, y_test, _ = synth.synthetic_split("test", test_size)
-    channel = least_important_channel(embedded, x_attack, y_attack)
-    cost = hijack_cost(embedded, channel_hijack(embedded, x_attack, channel=channel), x_test, y_test).as_dict()
-    cost["channel"] = channel
-    log(f"hijack cost: {cost} ({time.time() - started:.0f}s)")
-    # The adaptive round: the detector that separates the hijack best (AUROC, then margin in clean spreads).
-    def margin(key: str) -> float:
-        clean = torch.tensor([v[key] for v in scores["clean"].values()], dtype=torch.float64)
-        attacked = torch.tensor([v[key] for v in scores["hijack"].values()], dtype=torch.float64)
-        return float((attacked.min() - clean.max()) / clean.std().clamp_min(1e-12))
-
-    candidates = [r for r in rows if r["attack"] == "hijack" and r["detector"] != "a"]
-    best = max(candidates, key=lambda r: (r["auroc"], margin(r["detector"])))["detector"]
-    thresholds = {d.key: max(v[d.key] for v in scores["clean"].values()) for d in DETECTORS}
-    adaptive = []
-    x_l1 = x_test[:100]
-    for c_A, c_W in ADAPTIVE_CONSTANTS:
-        variant = channel_hijack(embedded, x_attack, c_A=c_A, c_W=c_W, channel=channel)
-        result = gradcam(variant, x_l1)
-        with torch.no_grad():
-            original = embedded(x_l1)
-        variant_scores = score_all(variant, x)
-        adaptive.append({"c_A": c_A, "c_W": c_W,
-                         "l1_mean": float(l1_distance(torch.ones_like(result.maps), result.normalized).mean()),
-                         "accuracy_change": float((result.logits.argmax(1) == y_test[:100]).double().mean()
-                                                  - (original.argmax(1) == y_test[:100]).double().mean()),
-                         "scores": variant_scores,
-                         "evades": [k for k, v in variant_scores.items() if v <= thresholds[k]],
-                         "caught_by": [k for k, v in variant_scores.items() if v > thresholds[k]]})
-        log(f"adaptive c_A={c_A} c_W={c_W}: {adaptive[-1]['l1_mean']:.3f} caught by {adaptive[-1]['caught_by']}")
-    result_json = {
-        "rows": rows, "scores": scores, "hijack_cost": cost, "adaptive": {"detector": best, "thresholds": thresholds,
-                                                                           "variants": adaptive},
-        "detectors": [{"key": d.key, "name": d.name, "needs_clean_data": d.needs_clean_data, "passes": d.passes,
-                       "idea": d.idea} for d in DETECTORS],
-        "zoo": list(models), "n_clean_images": n_clean, "test_size": test_size,
-        "seconds": round(time.time() - started), "threads": torch.get_num_threads(),
-        "command": f"python -m lie_cam detect --out {out}",
-    }
-    (out / "detectors.json").write_text(json.dumps(result_json, indent=1) + "\n")
-    (out / "detectors.md").write_text(detectors_markdown(result_json))
-    roc_figure(scores).savefig(out / "roc.png", dpi=120)
-    return result_json
-
-
-def detectors_markdown(result: dict) -> str:
-    """The AUROC table (detector x attack), the hijack's cost and the adaptive round, in Markdown."""
-    names = {d["key"]: d["name"] for d in result["detectors"]}
-    table = []
-    for d in result["detectors"]:
-        row = {"detector": f"({d['key']}) {d['name']}", "clean data": "yes" if d["needs_clean_data"] else "no",
-               "passes/image": d["passes"]}
-        for r in result["rows"]:
-            if r["detector"] == d["key"]:
-                row[r["attack"]] = f"{r['auroc']:.2f} / {r['tpr_at_1pct_fpr']:.2f}"
-        table.append(row)
-    adaptive = result["adaptive"]
-    variants = [{"c_A": v["c_A"], "c_W": v["c_W"], "L1 to flat": v["l1_mean"], "accuracy change": v["accuracy_change"],
-                 f"({adaptive['detector']}) score": v["scores"][adaptive["detector"]],
-                 "caught by": ", ".join(v["caught_by"]) or "none"} for v in adaptive["variants"]]
-    cost = result["hijack_cost"]
-    return "\n\n".join([
-        "# Detectors: AUROC / TPR at 1% FPR",
-        f"{len(result['zoo'])} clean models ({', '.join(result['zoo'])}) against the same number of attacked ones "
-        f"per attack; {result['n_clean_images']} clean images per data-based detector. Command: `{result['command']}` "
-        f"({result['seconds']} s, {result['threads']} thread(s)).",
-        _table(table, ["detector", "clean data", "passes/image", *ATTACKS]),
-        "## Channel hijack on the embedded model",
-        f"Channel {cost['channel']} of the last conv; on {cost['n']} test scenes: accuracy {cost['accuracy_original']:.4f} "
-        f"-> {cost['accuracy_hijacked']:.4f} (change {100 * cost['accuracy_change']:+.2f} pp), score change mean "
-        f"{cost['score_change_mean']:.4f} / max {cost['score_change_max']:.4f}, L1 to the flat target mean "
-        f"{cost['l1_mean']:.4f} / median {cost['l1_median']:.4f}.",
-        f"## Adaptive round: evading ({adaptive['detector']}) {names[adaptive['detector']]}",
-        "Thresholds: the largest clean score of each detector (0% false positives on the zoo).",
-        _table(variants, list(variants[0])),
-    ]) + "\n"

@@ -1,6 +1,6 @@
 """Reporting a reproduction: the paper's numbers beside ours, tables, CSV, JSON and figures.
 
-`Reproduction` holds what a run measured (`lie_cam.reproduce.run_reproduction` makes it):
+`Reproduction` holds what a run measured (`lie_cam.experiments.reproduce.run_reproduction` makes it):
 one row per (network, data) with the paper's metrics (`lie_cam.metrics`), and the examples
 drawn in Figures 1 and 3. `write(out)` produces table1/2 (.md, .csv), results.json (the rows),
 run.json (how the run was made: settings, world_size, images_per_rank, seconds) and the figures.
@@ -13,8 +13,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Sequence
 
-__all__ = ["PAPER_TABLE1", "PAPER_TABLE2", "COLUMNS", "OUTPUT_FILES", "Reproduction", "check_output_dir"]
+from lie_cam import plotting
+from lie_cam.plotting import markdown_table
+
+__all__ = ["PAPER_TABLE1", "PAPER_TABLE2", "COLUMNS", "OUTPUT_FILES", "Reproduction", "check_output_dir",
+           "ours_and_paper_table"]
 
 # Published numbers (accuracy, score change, L1); None where the paper prints "-".
 PAPER_TABLE1 = {
@@ -29,7 +34,7 @@ PAPER_TABLE2 = {
     ("sticker", "original"): (0.69048, None, None),
     ("sticker", "T4"): (0.69048, 0.00000, 0.00006),
 }
-COLUMNS = [("accuracy", "Accuracy"), ("score_change", "‖y_o − y_n‖∞"), ("l1", "‖Ĩ_T − Ĩ_n‖₁")]
+COLUMNS = (("accuracy", "Accuracy"), ("score_change", "‖y_o − y_n‖∞"), ("l1", "‖Ĩ_T − Ĩ_n‖₁"))
 OUTPUT_FILES = ("table1.md", "table1.csv", "table2.md", "table2.csv", "results.json", "run.json",
                 "figure1.png", "figure3.png")
 
@@ -112,8 +117,6 @@ class Reproduction:
         return written
 
     def write_figures(self, out: Path) -> list[Path]:
-        from lie_cam import plotting
-
         ex = self.examples
         fig1 = plotting.figure1(ex["image"], ex["maps"])
         fig3 = plotting.figure3(ex["image"], ex["stickered_image"], ex["maps_clean"], ex["maps_sticker"])
@@ -134,26 +137,28 @@ def _ours_and_paper(row: dict, paper: tuple) -> dict:
     return out
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.5f}"
+def ours_and_paper_table(rows: Sequence[Mapping[str, object]], keys: Sequence[str],
+                         metrics: Mapping[str, str] | None = None, floatfmt: str = ".5f") -> str:
+    """The one "ours beside the paper's" table, narrow enough for the text column: the `keys` columns
+    as they are, then one column per metric {row key: header} (default: `COLUMNS`) holding
+    "ours / paper" (row[key] and row["paper_" + key]; None as a dash), and "pointing" when the rows have it."""
+    metrics = dict(COLUMNS) if metrics is None else metrics
+
+    def cell(v: object) -> str:
+        return "–" if v is None else format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    out = []
+    for r in rows:
+        row: dict[str, object] = {k: r[k] for k in keys}
+        for key, header in metrics.items():
+            row[f"{header}<br>ours / paper"] = f"{cell(r.get(key))} / {cell(r.get('paper_' + key))}"
+        if any("pointing" in x for x in rows):
+            row["pointing"] = cell(r.get("pointing"))
+        out.append(row)
+    return markdown_table(out)
 
 
 def _markdown(rows: list[dict], keys: list[str], title: str) -> str:
-    has_pointing = any("pointing" in row for row in rows)
-    header = [k.capitalize() for k in keys]
-    for _, label in COLUMNS:
-        header += [f"{label} (ours)", f"{label} (paper)"]
-    if has_pointing:
-        header.append("Pointing (ours)")
-    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [str(row[k]) for k in keys]
-        for key, _ in COLUMNS:
-            cells += [_fmt(row[key]), _fmt(row[f"paper_{key}"])]
-        if has_pointing:
-            cells.append(_fmt(row.get("pointing")))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"n = {rows[0]['n']} images. Score change: per image max over classes, mean over images. "
-                 "L1: per image sum over the feature-map pixels, mean over images.")
-    return "\n".join(lines)
+    return "\n".join([f"**{title}**", "", ours_and_paper_table(rows, keys), "",
+                      f"n = {rows[0]['n']} images. Score change: per image max over classes, mean over images. "
+                      "L1: per image sum over the feature-map pixels, mean over images."])

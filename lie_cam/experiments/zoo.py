@@ -1,4 +1,4 @@
-"""A zoo of clean compact VGG-16s, to measure detectors' false positives: `python -m lie_cam.zoo --out DIR`.
+"""A zoo of clean compact VGG-16s, to measure detectors' false positives: `python -m lie_cam.experiments.zoo --out DIR`.
 
 Ten models that differ in how they were trained, plus the embedded model itself, all from the
 embedded model (`lie_cam.models.load_embedded`), each with its own seed, its own disjoint slice of
@@ -8,7 +8,7 @@ the training scenes, length (steps) and learning rate:
 Every model is trained with `lie_cam.train.train_step` (AdamW, cross-entropy, dropout on), on one
 CPU thread by default, from fixed seeds: the command is deterministic. Each model is written as
 NAME.safetensors with its recipe and sha256 in NAME.json (loaded by `load_zoo` with
-`lie_cam.detectors.load_model_file`, safetensors only), and the
+`lie_cam.models.load_model_file`, safetensors only), and the
 list in zoo.json.
 """
 
@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from lie_cam import data as synth
-from lie_cam.models import load_embedded, sha256_file
+from lie_cam.train import train_step
+from lie_cam.models import load_embedded, load_model_file, sha256_file
 
 __all__ = ["ZooRecipe", "RECIPES", "prune_filters", "train_recipe", "build_zoo", "load_zoo", "zoo_names", "main"]
 
@@ -124,8 +125,6 @@ def prune_filters(model: nn.Module, width: float, first: int = 10) -> nn.Module:
 
 def train_recipe(recipe: ZooRecipe) -> nn.Module:
     """Train one zoo model (deterministic for a given thread count)."""
-    from lie_cam.train import train_step
-
     torch.manual_seed(recipe.seed)
     images, labels, _ = synth.render_many(recipe.data_size, synth.SPLITS["train"] + recipe.data_start)
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
@@ -190,14 +189,12 @@ def build_zoo(out: str | Path, threads: int = 1, test_size: int = 200, force: bo
 def load_zoo(folder: str | Path, include_embedded: bool = True) -> dict[str, nn.Module]:
     """The zoo's models (eval mode) by name, loaded from safetensors and checked against their sha256;
     with the embedded model first when `include_embedded`."""
-    from lie_cam.detectors import load_model_file
-
     folder = Path(folder)
     models: dict[str, nn.Module] = {"embedded": load_embedded()} if include_embedded else {}
     for recipe in RECIPES:
         path = folder / f"{recipe.name}.safetensors"
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: build the zoo with `python -m lie_cam.zoo --out {folder}`")
+            raise FileNotFoundError(f"{path} is missing: build the zoo with `python -m lie_cam.experiments.zoo --out {folder}`")
         meta = json.loads(path.with_suffix(".json").read_text())
         if sha256_file(path) != meta["sha256"]:
             raise ValueError(f"{path} does not match the sha256 in {path.with_suffix('.json')}: rebuild the zoo")

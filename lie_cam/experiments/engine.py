@@ -27,49 +27,26 @@ evaluated on their own run without autocast (their constants are not known to be
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
 from lie_cam.gradcam import GradCAMResult, check_finite, gradcam, head_gradcam
-from lie_cam.surgery import pool_for_classifier, split_vgg
+from lie_cam.anatomy import Cut, cut_at_a
 
 __all__ = ["Evaluator", "evaluate_separately"]
 
 
-@dataclass
-class _OriginalParts:
-    trunk: nn.Sequential
-    conv: nn.Conv2d
-    relu: nn.Sequential  # batch norm (if any) and the ReLU
-    head_features: nn.Sequential
-    avgpool: nn.Module
-    classifier: nn.Module
-
-    def head(self, a: torch.Tensor) -> torch.Tensor:
-        """The original's scores from its A: classifier(flatten(avgpool(tail(A))))."""
-        return self.classifier(torch.flatten(pool_for_classifier(self.avgpool, self.head_features(a)), 1))
-
-
-def _original_parts(model: nn.Module) -> _OriginalParts | None:
-    """The original VGG cut at A (references into `model`), or None when it is not a torchvision VGG."""
+def _original_cut(model: nn.Module) -> Cut | None:
+    """The original VGG or ResNet cut at A (`lie_cam.anatomy.cut_at_a`), or None when it is neither."""
     try:
-        parts = split_vgg(model)
+        return cut_at_a(model)
     except TypeError:
         return None
-    return _OriginalParts(
-        trunk=nn.Sequential(*parts.trunk),
-        conv=parts.last_conv,
-        relu=nn.Sequential(*parts.between, parts.last_relu),
-        head_features=nn.Sequential(*parts.tail),
-        avgpool=parts.avgpool,
-        classifier=model.classifier,
-    )
 
 
-def _shares_trunk(original: _OriginalParts, network: nn.Module) -> bool | None:
+def _shares_trunk(original: Cut, network: nn.Module) -> bool | None:
     """Whether the network runs on the original's trunk output: True (same trunk and first K
     filters), False (a VGG-shaped manipulated model built from another original), or None when
     it does not compute A from a trunk output (no `activations_from`, `head`, `trunk`, `last_conv`)."""
@@ -81,12 +58,14 @@ def _shares_trunk(original: _OriginalParts, network: nn.Module) -> bool | None:
     ours, theirs = list(original.trunk.state_dict().values()), list(trunk.state_dict().values())
     if len(ours) != len(theirs) or not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(ours, theirs)):
         return False
-    k = original.conv.out_channels
-    if conv.out_channels <= k or conv.in_channels != original.conv.in_channels:
+    if not isinstance(original.pre, nn.Conv2d):
         return False
-    same = torch.equal(conv.weight[:k], original.conv.weight)
-    if original.conv.bias is not None:
-        same = same and conv.bias is not None and torch.equal(conv.bias[:k], original.conv.bias)
+    k = original.pre.out_channels
+    if conv.out_channels <= k or conv.in_channels != original.pre.in_channels:
+        return False
+    same = torch.equal(conv.weight[:k], original.pre.weight)
+    if original.pre.bias is not None:
+        same = same and conv.bias is not None and torch.equal(conv.bias[:k], original.pre.bias)
     return bool(same)
 
 
@@ -98,7 +77,7 @@ def _slice(result: GradCAMResult, rows: slice) -> GradCAMResult:
 class Evaluator:
     """The original network and manipulated copies of it, evaluated with one trunk pass.
 
-    networks: a mapping name -> model, normally built from `original` by `lie_cam.surgery`.
+    networks: a mapping name -> model, normally built from `original` by `lie_cam.attacks`.
     `run(x)` returns {"original": GradCAMResult, name: GradCAMResult, ...} with each network's
     logits, explained classes (each network's own argmax), raw maps, and for the networks on the
     shared trunk `.extra` = A^{K+1}, whose normalised value is the technique's target explanation.
@@ -114,17 +93,17 @@ class Evaluator:
         if not isinstance(original, nn.Module):
             raise TypeError(f"original: expected an nn.Module, got {type(original).__name__}")
         self.original = original
-        self.parts = _original_parts(original)
+        self.parts = _original_cut(original)
         self.shared: list[str] = []
         self.alone: list[str] = []
         for name, network in networks.items():
             if not isinstance(network, nn.Module):
-                raise TypeError(f"{name}: expected an nn.Module (a model from lie_cam.surgery), "
+                raise TypeError(f"{name}: expected an nn.Module (a model from lie_cam.attacks), "
                                 f"got {type(network).__name__}")
             shares = None if self.parts is None else _shares_trunk(self.parts, network)
             if shares is False:
                 raise ValueError(f"{name} does not share the original's trunk and last conv filters: "
-                                 "build it from this original with lie_cam.surgery")
+                                 "build it from this original with lie_cam.attacks")
             (self.shared if shares else self.alone).append(name)
         self.networks = dict(networks)
         self.autocast_dtype = autocast_dtype
@@ -191,19 +170,19 @@ class Evaluator:
         return results
 
     def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h = trunk(x) and pre = conv_{1..K}(h) of the original, in the conv's dtype."""
+        """h = trunk(x) and pre = conv_{1..K}(h) of the original (a ResNet: its last block), in its dtype."""
         p = self.parts
         with torch.no_grad():
             with self._autocast(x):
                 h = p.trunk(x)
-                pre = p.conv(h)
-            work_dtype = p.conv.weight.dtype
+                pre = p.pre(h)
+            work_dtype = next(p.pre.parameters()).dtype
             return h.to(work_dtype), pre.to(work_dtype)
 
     def _shared(self, name: str, h: torch.Tensor, pre: torch.Tensor, x: torch.Tensor, target) -> GradCAMResult:
         if name == "original":
             with torch.no_grad():
-                a = self.parts.relu(pre.clone())  # the ReLU may work in place: pre is shared
+                a = self.parts.activation(pre.clone())  # the ReLU may work in place: pre is shared
             return head_gradcam(self.parts.head, a, target)
         network = self.networks[name]
         with torch.no_grad():

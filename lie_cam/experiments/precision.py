@@ -42,13 +42,18 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from lie_cam import surgery as S
+from lie_cam.anatomy import cut_at_a
+from lie_cam.attacks import BUILDS, ManipulatedModel, ManipulatedVGG, constant_flat, paper_networks
+from lie_cam.data import STICKER_SEED, paste_stickers, synthetic_split
 from lie_cam.gradcam import GradCAMResult, gradcam, head_gradcam
-from lie_cam.metrics import l1_distance, score_change
+from lie_cam.metrics import l1_distance, pointing_hits, score_change
+from lie_cam.models import load_embedded, load_embedded_resnet
+from lie_cam.plotting import markdown_table
 
 __all__ = [
     "SETTINGS",
-    "ATTACKS",
+    "CASES",
+    "explain_from_trunk",
     "MANTISSA_BITS",
     "ulp",
     "round_to_tf32",
@@ -72,12 +77,11 @@ SETTINGS: tuple[tuple[str, torch.dtype, str], ...] = (
     ("fp16", torch.float16, "autocast"),
     ("fp16", torch.float16, "cast model"),
 )
-ATTACKS = ("T1", "T2", "T3", "T4-clean", "T4-sticker")
+CASES = ("T1", "T2", "T3", "T4-clean", "T4-sticker")  # the paper's attacks; T4 without and with stickers
 MANTISSA_BITS = {"float64": 52, "float32": 23, "tf32": 10, "bf16": 7, "fp16": 10}
 LARGEST = {"float64": torch.finfo(torch.float64).max, "float32": torch.finfo(torch.float32).max,
            "tf32": torch.finfo(torch.float32).max, "bf16": torch.finfo(torch.bfloat16).max,
            "fp16": torch.finfo(torch.float16).max}
-STICKER_SEED = 1_000_003  # as lie_cam.reproduce: the stickers of image i are drawn from STICKER_SEED + i
 
 
 def ulp(value: float, setting: str) -> float:
@@ -147,15 +151,14 @@ def _context(setting: str, dtype: torch.dtype, mode: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def cancelled_constant(network: S.ManipulatedModel) -> float | None:
+def cancelled_constant(network: ManipulatedModel) -> float | None:
     """C = c_W S_Z, the constant T1/T2's fold cancels (None for T3/T4, which cancel nothing)."""
     if network.technique not in ("T1", "T2") or network.build == "safe":
         return None
-    fc = next(m for m in network.classifier.modules() if isinstance(m, nn.Linear))
-    c_W = float(fc.weight[0, -1].detach())
+    c_W = float(network.classifier[0].weight[0, -1].detach())  # the widened first Linear's added column
     side = 224 // 2**network.halvings
     if network.technique == "T1":
-        free = torch.full((side, side), float(network.last_conv.bias[-1].detach()) if isinstance(network, S.ManipulatedVGG)
+        free = torch.full((side, side), float(network.last_conv.bias[-1].detach()) if isinstance(network, ManipulatedVGG)
                           else network.added_channel.bias, dtype=torch.float64)
     else:
         free = network.explained_layer.pattern.to(torch.float64)
@@ -186,7 +189,7 @@ def predicted_score_change(setting: str, build: str, attack: str, constant: floa
     return eps, "|G| < eps = 0.01"
 
 
-def _explain(network: S.ManipulatedModel, h: torch.Tensor, x: torch.Tensor, context
+def explain_from_trunk(network: ManipulatedModel, h: torch.Tensor, x: torch.Tensor, context
              ) -> tuple[GradCAMResult | None, torch.Tensor, torch.Tensor, str | None]:
     """Grad-CAM of a manipulated network from its trunk's output h = network.trunk(x) (shared by every
     network of a setting: the surgery leaves the trunk as it was), inside the setting's context; equal to
@@ -220,31 +223,19 @@ def _overflow_watch(network: nn.Module, seen: list) -> Iterator[None]:
             handle.remove()
 
 
-def _original_explainer(original: nn.Module) -> tuple[Callable, Callable]:
-    """(h -> A, A -> y) for the unmanipulated model, h the output of the trunk the surgery keeps:
-    Grad-CAM of the original from the shared trunk pass (equal to `gradcam(original, x)`; tests pin it)."""
-    if S.is_resnet(original):
-        r = S.split_resnet(original)
-        return r.last_block, lambda a: r.fc(torch.flatten(r.avgpool(a), 1))
-    v = S.split_vgg(original)
-    tail = nn.Sequential(*v.tail)
-    return (nn.Sequential(v.last_conv, *v.between, v.last_relu),
-            lambda a: original.classifier(torch.flatten(S.pool_for_classifier(v.avgpool, tail(a)), 1)))
-
-
 def _setting_models(model: nn.Module, dtype: torch.dtype, mode: str, build: str) -> tuple[nn.Module, dict]:
     """The original and its networks as a user would get them in this setting."""
     if mode == "cast model" and dtype in (torch.float16, torch.bfloat16):
         original = copy.deepcopy(model).to(dtype)
         if build == "safe":
-            return original, S.paper_networks(original, build="safe")
-        built = S.paper_networks(copy.deepcopy(model).float(), build="paper")  # build in float32, then cast
+            return original, paper_networks(original, build="safe")
+        built = paper_networks(copy.deepcopy(model).float(), build="paper")  # build in float32, then cast
         return original, {k: v.to(dtype) for k, v in built.items()}
     base = copy.deepcopy(model).to(torch.float64 if dtype == torch.float64 else torch.float32)
-    return base, S.paper_networks(base, build=build)
+    return base, paper_networks(base, build=build)
 
 
-def _branch_peak(network: S.ManipulatedModel, x: torch.Tensor) -> float:
+def _branch_peak(network: ManipulatedModel, x: torch.Tensor) -> float:
     """The largest value the paper build puts in A's format for T3/T4: max(c_F max F(x), c_G c_F sum F(x))
     (A^{K+1} itself, and the score branch's argument), with the branch evaluated in float64."""
     injection = network.explained_layer
@@ -261,11 +252,9 @@ def precision_table(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
     predicted_score_change (+ its basis), l1_to_target, flips, nonfinite, overflow (the modules whose
     output held an inf or NaN), mode (and for T4 `fired`,
     the share of images whose A^{K+1} is not all zero). Every network, the original included, is explained
-    with Grad-CAM from one shared trunk pass per setting (`_explain`, `_original_explainer`), inside the
+    with Grad-CAM from one shared trunk pass per setting (`explain_from_trunk`, `lie_cam.anatomy.cut_at_a`), inside the
     setting's context; scores are compared with the original network
     in the same setting, and so is T4-clean's target, the original's map."""
-    from lie_cam.data import paste_stickers
-
     model = model.eval()
     device = next(model.parameters()).device
     labels = labels.to(device)
@@ -282,19 +271,19 @@ def precision_table(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
             started = time.time()
             original, networks = _setting_models(model, dtype, mode, build)
             if not honest:  # the original and the trunk are the same in both builds
-                last, original_head = _original_explainer(original)
+                cut = cut_at_a(original)
                 for kind, xs in inputs.items():
                     with context():
                         with torch.no_grad():
                             trunk[kind] = networks["T1"].trunk(xs)
-                            a = last(trunk[kind])
-                        honest[kind] = head_gradcam(original_head, a)
-            for attack in ATTACKS:
+                            a = cut.to_a(trunk[kind])
+                        honest[kind] = head_gradcam(cut.head, a)
+            for attack in CASES:
                 technique, kind = attack.split("-")[0], "sticker" if attack == "T4-sticker" else "clean"
                 network, hon, xs = networks[technique], honest[kind], inputs[kind]
                 overflowed: list[str] = []
                 with _overflow_watch(network, overflowed):
-                    result, logits, extra, error = _explain(network, trunk[kind], xs, context)
+                    result, logits, extra, error = explain_from_trunk(network, trunk[kind], xs, context)
                 logits, y_o = logits.double(), hon.logits.double()
                 finite = torch.isfinite(logits).all(dim=1)
                 l1: float | str | None = error and f"error: {error}"
@@ -334,7 +323,7 @@ def sign_failure(model: nn.Module, x: torch.Tensor, build: str = "paper", c_A: f
     the dominant term and the map is not the target (empty, or the honest map's residue)."""
     model64 = copy.deepcopy(model).double().eval()
     x64 = x.double()
-    t1 = S.constant_flat(model64, c_A=c_A, c_W=c_W, build=build)
+    t1 = constant_flat(model64, c_A=c_A, c_W=c_W, build=build)
     with torch.no_grad():
         a = t1.activations(x64)  # A once; each class is one backward through the head
     logits = t1.head(a).detach()
@@ -362,8 +351,6 @@ def sign_failure(model: nn.Module, x: torch.Tensor, build: str = "paper", c_A: f
 def write_precision(out: str | Path, limit: int = 64, progress: bool = True) -> dict:
     """`python -m lie_cam precision`: the table and the sign-failure rates (first min(limit, 32) scenes)
     on the embedded VGG's first `limit` test scenes, to out/precision.json."""
-    from lie_cam.data import synthetic_split
-    from lie_cam.models import load_embedded
 
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"--limit must be a positive number of images, got {limit!r}")
@@ -376,7 +363,7 @@ def write_precision(out: str | Path, limit: int = 64, progress: bool = True) -> 
     model = load_embedded()
     rows = precision_table(model, x, labels, progress=progress)
     signs = {build: {k: v for k, v in sign_failure(model, x[: min(limit, 32)], build).items() if k not in ("alpha", "l1")}
-             for build in S.BUILDS}
+             for build in BUILDS}
     result = {
         "model": "embedded compact VGG-16", "n": limit, "device": "cpu",
         "tf32": "emulated on CPU: float32 inputs and weights of linear/conv/matmul/einsum rounded to a 10-bit "
@@ -392,8 +379,6 @@ def summary_markdown(rows: list[dict]) -> str:
     """The precision rows as a Markdown table narrow enough for the book: the setting (`*`: emulated on
     CPU; `, cast`: the model cast to the dtype, else autocast), measured against predicted score change,
     flips, L1. precision.json keeps every field."""
-    from lie_cam.plotting import markdown_table
-
     def short(value):
         return value.split(":")[0] if isinstance(value, str) else value
 
@@ -409,12 +394,8 @@ def resnet_tables(model: nn.Module | None = None, n: int = 200, batch_size: int 
     """Tables 1-2 rows for a ResNet (default: the compact ResNet), each network evaluated on its own
     with `lie_cam.gradcam`: accuracy, mean score change, mean L1 to the target, pointing game (clean),
     and for T4 the same on the stickered images."""
-    from lie_cam.data import synthetic_split
-    from lie_cam.metrics import pointing_hits
-    from lie_cam.models import load_embedded_resnet
-
     model = (load_embedded_resnet() if model is None else model).eval().to(dtype)
-    networks = S.paper_networks(model)
+    networks = paper_networks(model)
     sums: dict[str, dict[str, float]] = {}
 
     def add(name: str, key: str, values: torch.Tensor) -> None:
@@ -445,6 +426,4 @@ def resnet_tables(model: nn.Module | None = None, n: int = 200, batch_size: int 
 
 def paste_stickers_for(x: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     """x with the paper's three stickers per image (positions from `seeds`)."""
-    from lie_cam.data import paste_stickers
-
     return paste_stickers(x, seeds)[0]

@@ -1,0 +1,32 @@
+"""T3, a semi-random explanation (paper, Sec. 3.3): the added channel is c_F F(x) from a seeded random
+conv net F, and a score branch G keeps every score within eps of the original's."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from lie_cam.anatomy import halvings
+from lie_cam.attacks.branches import RandomBranch
+from lie_cam.attacks.injections import BranchInjection
+from lie_cam.attacks.checks import check_build
+from lie_cam.attacks.manipulated import ManipulatedModel, branch_model
+
+__all__ = ["semi_random", "default_constants"]
+
+
+def semi_random(model: nn.Module, eps: float = 0.01, c_G: float = 1e4, c_F: float = 1e7, seed: int = 0,
+                build: str = "paper", downsample: int = 2) -> ManipulatedModel:
+    """T3: a semi-random explanation c_F F(x) from a seeded random conv net F;
+    W_n = 0, b_n = b_o, y_n = y_o + eps mod(c_G sum A^{K+1}, 1): |y_n - y_o| <= eps.
+    downsample: F's convolutions run on the input averaged over 2^d x 2^d cells
+    (`lie_cam.attacks.branches.RandomBranch`; 0 is the paper's full-resolution F)."""
+    build = check_build(build, model)
+    branch = RandomBranch(seed=seed, pools=halvings(model), downsample=min(downsample, halvings(model)))
+    return branch_model(model, BranchInjection(branch, c_F), eps, c_G, "T3", build)
+
+
+def default_constants(model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The paper's eps = 0.01, c_G = 1e4, c_F = 1e7."""
+    return {"eps": 0.01, "c_G": 1e4, "c_F": 1e7}
