@@ -2,7 +2,7 @@
 
 tools/independent_matrix.py measures the verdicts with its own code, calling pytorch-grad-cam,
 captum and torchcam as their users do; here it must give the same verdicts (and distances) as
-`lie_cam.explainers.run_matrix` on the same two images, for a few cheap methods and attacks.
+`lie_cam.experiments.matrix.run_matrix` on the same two images, for a few cheap methods and attacks.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def test_chapter_structure(path):
     summary and 2-4 exercises whose solutions are hidden dropdowns."""
     nb = read(path)
     first = nb.cells[0]
-    assert first.cell_type == "markdown" and first.source.startswith("# "), path.name
+    assert first.cell_type == "markdown" and re.match(r"\(ch-[a-z0-9-]+\)=\n# ", first.source), path.name
     assert "**In this chapter:**" in first.source, f"{path.name}: say what the chapter teaches"
     for cell in nb.cells:
         if cell.cell_type == "code" and top_level_asserts(cell.source):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lie_cam.anatomy import VGGParts, is_resnet, pool_for_classifier, split_vgg
+from lie_cam.anatomy import VGGParts, cut_at_a, is_resnet, pool_for_classifier, split_vgg
 from lie_cam.gradcam import gradcam
 from lie_cam.metrics import l1_distance, score_change, top1_correct
 
@@ -74,22 +74,20 @@ def _constant(name: str, value: float) -> float:
 def pooled_channels(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, Z) on `images` for a torchvision VGG: A = ReLU(last conv) (B x K x H x W) and
     Z = pool(tail(A)) (B x K x N_Z positions), the first FC layer's input per channel."""
-    parts = _check_model(model)
-    store: dict = {}
-    handle = parts.last_relu.register_forward_hook(lambda m, i, o: store.__setitem__("A", o.detach().clone()))
+    _check_model(model)
+    cut, training = cut_at_a(model), model.training
+    model.eval()  # batch norm (vgg*_bn) with its running statistics, as the model is used
     try:
         with torch.no_grad():
-            model.eval()(images)
+            a = cut.to_a(cut.trunk(images)).clone()
+            z = cut.head.pooled(a)
     finally:
-        handle.remove()
-    a = store["A"]
-    with torch.no_grad():
-        z = pool_for_classifier(parts.avgpool, nn.Sequential(*parts.tail)(a))
-    return a, z.flatten(2)
+        model.train(training)
+    return a, z.reshape(a.shape[0], a.shape[1], -1)
 
 
-def _head_from_z(parts: VGGParts, z: torch.Tensor) -> torch.Tensor:
-    return nn.Sequential(parts.fc1, *parts.classifier_rest)(z.flatten(1))
+def _head_from_z(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    return model.classifier(z.flatten(1))
 
 
 def channel_importance(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -99,11 +97,11 @@ def channel_importance(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     what the hijack does to the first FC layer's input, so the least important channel is
     argmin score_change (ties broken by the accuracy drop)."""
     model = copy.deepcopy(model).eval()
-    parts = _check_model(model)
+    _check_model(model)
     images = _check_images(images, model)
     _, z = pooled_channels(model, images)
     with torch.no_grad():
-        y = _head_from_z(parts, z)
+        y = _head_from_z(model, z)
         labels = y.argmax(1) if labels is None else labels.to(y.device)
         base = top1_correct(y, labels).double().mean()
         changes, drops = [], []
@@ -111,7 +109,7 @@ def channel_importance(model: nn.Module, images: torch.Tensor, labels: torch.Ten
         for k in range(z.shape[1]):
             zk = z.clone()
             zk[:, k] = mean[:, k]
-            yk = _head_from_z(parts, zk)
+            yk = _head_from_z(model, zk)
             changes.append(score_change(y, yk).mean())
             drops.append(base - top1_correct(yk, labels).double().mean())
     return {"score_change": torch.stack(changes), "accuracy_drop": torch.stack(drops)}

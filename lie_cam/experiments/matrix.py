@@ -24,6 +24,7 @@ from lie_cam.anatomy import cut_at_a
 from lie_cam.attacks import networks
 from lie_cam.audit.explainers import (EXPLAINERS, LAYERS, NORMALIZATIONS, TAU, VERDICTS, Explainer, explain, mean_l1,
                                       unit_maps, verdict)
+from lie_cam.book import setup
 from lie_cam.data import paste_stickers
 from lie_cam.metrics import pointing_hits
 from lie_cam.plotting import markdown_table
@@ -285,8 +286,6 @@ def run_explainers(out: str | os.PathLike, limit: int = 32, profile: str = "embe
     missing = [m for m in ("pytorch_grad_cam", "captum", "torchcam") if _missing(m)]
     if missing:
         raise RuntimeError(f"{missing} not installed: pip install --constraint constraints.txt '.[explainers]'")
-    from lie_cam.book import setup  # noqa: PLC0415
-
     torch.manual_seed(seed)
     start = time.perf_counter()
     ch = setup(n=limit, profile=profile, device=device)
