@@ -9,14 +9,14 @@ manipulated model they share (`manipulated`, `injections`, `branches`, `checks`)
 """
 
 from lie_cam.attacks.adapted import anchored_flat, zero_sum_backdoor
-from lie_cam.attacks.t4_backdoor import backdoor
 from lie_cam.attacks.checks import BUILDS
-from lie_cam.attacks.t1_flat import constant_flat
 from lie_cam.attacks.hijack import channel_hijack, channel_importance, hijack_cost, least_important_channel
-from lie_cam.attacks.t2_image import constant_image
 from lie_cam.attacks.manipulated import ManipulatedModel, ManipulatedResNet, ManipulatedVGG, target_explanation
 from lie_cam.attacks.registry import ATTACKS, TECHNIQUES, Attack, networks, paper_networks
+from lie_cam.attacks.t1_flat import constant_flat
+from lie_cam.attacks.t2_image import constant_image
 from lie_cam.attacks.t3_semi_random import semi_random
+from lie_cam.attacks.t4_backdoor import backdoor
 
 __all__ = [
     "ATTACKS", "Attack", "TECHNIQUES", "BUILDS", "networks", "paper_networks",

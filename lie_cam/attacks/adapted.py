@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lie_cam.attacks.t4_backdoor import backdoor
 from lie_cam.attacks.injections import ZeroSumInjection
 from lie_cam.attacks.t3_semi_random import semi_random
+from lie_cam.attacks.t4_backdoor import backdoor
 from lie_cam.data import smiley
 
 __all__ = ["anchored_flat", "zero_sum_backdoor", "AllButCorner", "StickerCells"]

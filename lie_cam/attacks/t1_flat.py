@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from lie_cam.anatomy import feature_size, is_resnet
-from lie_cam.attacks.injections import ConstantInjection, NoInjection
 from lie_cam.attacks.checks import check_build, check_constant
+from lie_cam.attacks.injections import ConstantInjection, NoInjection
 from lie_cam.attacks.manipulated import ManipulatedModel, fold_model
 
 __all__ = ["constant_flat", "default_constants"]

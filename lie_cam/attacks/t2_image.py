@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from lie_cam.anatomy import feature_size, is_resnet
-from lie_cam.attacks.injections import ConstantInjection
 from lie_cam.attacks.checks import check_build, check_constant, check_target_image
+from lie_cam.attacks.injections import ConstantInjection
 from lie_cam.attacks.manipulated import ManipulatedModel, fold_model
 from lie_cam.data import smiley_target
 

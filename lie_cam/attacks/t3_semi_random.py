@@ -9,8 +9,8 @@ from torch import nn
 
 from lie_cam.anatomy import halvings
 from lie_cam.attacks.branches import RandomBranch
-from lie_cam.attacks.injections import BranchInjection
 from lie_cam.attacks.checks import check_build
+from lie_cam.attacks.injections import BranchInjection
 from lie_cam.attacks.manipulated import ManipulatedModel, branch_model
 
 __all__ = ["semi_random", "default_constants"]

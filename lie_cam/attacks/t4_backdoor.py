@@ -10,8 +10,8 @@ from torch import nn
 
 from lie_cam.anatomy import halvings
 from lie_cam.attacks.branches import StickerDetector, check_sticker
-from lie_cam.attacks.injections import BranchInjection
 from lie_cam.attacks.checks import check_build
+from lie_cam.attacks.injections import BranchInjection
 from lie_cam.attacks.manipulated import ManipulatedModel, branch_model
 from lie_cam.data import smiley
 from lie_cam.normalization import IMAGENET_MEAN, IMAGENET_STD
@@ -47,7 +47,7 @@ def backdoor(
 
 
 def input_rounding_bound(sticker: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                          dtype: torch.dtype) -> float:
+                         dtype: torch.dtype) -> float:
     """sum|k| * max(std) * max|x| * u: how far rounding a normalised input (pixels in [0, 1]) to `dtype`
     can move the sticker detector's response r = sum k * (x * std + mean) + b."""
     s = check_sticker(sticker)

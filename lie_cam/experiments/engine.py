@@ -32,8 +32,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from lie_cam.gradcam import GradCAMResult, check_finite, gradcam, head_gradcam
 from lie_cam.anatomy import Cut, cut_at_a
+from lie_cam.gradcam import GradCAMResult, check_finite, gradcam, head_gradcam
 
 __all__ = ["Evaluator", "evaluate_separately"]
 

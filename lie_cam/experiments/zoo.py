@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from lie_cam import data as synth
-from lie_cam.train import train_step
 from lie_cam.models import load_embedded, load_model_file, sha256_file
+from lie_cam.train import train_step
 
 __all__ = ["ZooRecipe", "RECIPES", "prune_filters", "train_recipe", "build_zoo", "load_zoo", "zoo_names", "main"]
 

@@ -37,11 +37,11 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from lie_cam.anatomy import cut_at_a
+from lie_cam.attacks import ATTACKS, ManipulatedModel
 from lie_cam.data import paste_stickers
 from lie_cam.gradcam import GradCAMResult, gradcam, head_gradcam
 from lie_cam.metrics import l1_distance, score_change
-from lie_cam.anatomy import cut_at_a
-from lie_cam.attacks import ATTACKS, ManipulatedModel
 
 __all__ = [
     "PRECISIONS",

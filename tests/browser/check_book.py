@@ -166,6 +166,16 @@ def _move(browser, control, keys) -> None:
         control.click()
 
 
+def _restore(browser, els, initial) -> None:
+    """Puts a control back where it was (a range's value, the checked choice) and lets the block redraw."""
+    for e, (value, selected) in zip(els, initial):
+        if e.get_attribute("type") == "range":
+            browser.execute_script("arguments[0].value = arguments[1];"
+                                   "arguments[0].dispatchEvent(new Event('input'))", e, value)
+        elif selected and not e.is_selected():
+            _move(browser, e, None)
+
+
 def check_sliders(browser, page: str, shots: Path | None, width: int) -> tuple[list[str], list[dict]]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -190,6 +200,7 @@ def check_sliders(browser, page: str, shots: Path | None, width: int) -> tuple[l
             problems.append(f"{name}: no controls")
         for j, els in groups.items():
             before = browser.execute_script(_SNAPSHOT_JS, block)
+            initial = [(e.get_attribute("value"), e.is_selected()) for e in els]
             states = []
             if els[0].get_attribute("type") == "range":  # to one end, then to the other
                 for keys in (Keys.END, Keys.HOME):
@@ -200,6 +211,7 @@ def check_sliders(browser, page: str, shots: Path | None, width: int) -> tuple[l
                     if not e.is_selected():
                         _move(browser, e, None)
                         states.append(browser.execute_script(_SNAPSHOT_JS, block))
+            _restore(browser, els, initial)  # the next control is moved from the defaults
             map_changed = any(before["canvases"] != s["canvases"] for s in states)
             numbers_changed = any(before["numbers"] != s["numbers"] for s in states)
             notes.append({"block": name, "control": j, "map_changed": map_changed, "numbers_changed": numbers_changed})
