@@ -190,3 +190,30 @@ def test_cross_references_name_chapters_by_label():
         typed += [f"{path.name}: {m}" for m in re.findall(r"\{doc\}`[^`<]*\d[^`<]*<[^`]*`", text)]
         typed += [f"{path.name}: {m}" for m in re.findall(r"[Cc]hapters? \d+", text)]
     assert typed == []
+
+
+def writes_files(source: str) -> bool:
+    """Whether the code calls something that writes a file: Path.write_text/write_bytes, savefig to a
+    path (not to an in-memory buffer), safetensors' save_file, torch.save, or open(..., "w"/"a")."""
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        first = node.args[0] if node.args else None
+        if name in ("write_text", "write_bytes", "save_file") or (
+                name == "save" and isinstance(node.func, ast.Attribute) and getattr(node.func.value, "id", "") == "torch"):
+            return True
+        if name == "savefig" and not (isinstance(first, ast.Name) and first.id == "buffer"):
+            return True
+        if name == "open" and any(isinstance(a, ast.Constant) and str(a.value)[:1] in "wa" for a in node.args[1:2]):
+            return True
+    return False
+
+
+def test_only_the_experiments_write_files():
+    """The core and the wings return values; the experiments write result files. `train` writes the
+    model it trained (and its recipe), the one exception the layout names."""
+    writers = sorted(m for m, p in MODULES.items() if writes_files(p.read_text()) and floor(m) < 2)
+    assert writers == ["lie_cam.train"]
+    assert writes_files("path.write_text(text)") and writes_files("open(p, 'w')")
+    assert not writes_files("fig.savefig(buffer, format='png')") and not writes_files("'use save_file(...)'")

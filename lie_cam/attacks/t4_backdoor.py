@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from lie_cam.anatomy import halvings
+from lie_cam.anatomy import halvings, input_spec
 from lie_cam.attacks.branches import StickerDetector, check_sticker
 from lie_cam.attacks.checks import check_build
 from lie_cam.attacks.injections import BranchInjection
@@ -57,5 +57,7 @@ def input_rounding_bound(sticker: torch.Tensor, mean: tuple[float, ...], std: tu
 
 
 def default_constants(model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any]:
-    """The smiley sticker, eps = 0.01, c_G = 1e4 and c_F = 1e9 as in the paper's text."""
-    return {"sticker": smiley(), "eps": 0.01, "c_G": 1e4, "c_F": 1e9}
+    """The smiley sticker, eps = 0.01, c_G = 1e4 and c_F = 1e9 as in the paper's text; the detector
+    de-normalises the input with the model's own input spec (`lie_cam.anatomy.input_spec`)."""
+    spec = input_spec(model)
+    return {"sticker": smiley(), "eps": 0.01, "c_G": 1e4, "c_F": 1e9, "mean": spec.mean, "std": spec.std}
