@@ -39,11 +39,14 @@ __all__ = ["Evaluator", "evaluate_separately"]
 
 
 def _original_cut(model: nn.Module) -> Cut | None:
-    """The original VGG or ResNet cut at A (`lie_cam.anatomy.cut_at_a`), or None when it is neither."""
+    """The original VGG cut at A (`lie_cam.anatomy.cut_at_a`), or None when it is not a torchvision VGG:
+    a ResNet's manipulated copies take the last block's output whole, not a shared conv's first K
+    filters, so there every network is evaluated on its own."""
     try:
-        return cut_at_a(model)
+        cut = cut_at_a(model)
     except TypeError:
         return None
+    return cut if isinstance(cut.pre, nn.Conv2d) else None
 
 
 def _shares_trunk(original: Cut, network: nn.Module) -> bool | None:
@@ -57,8 +60,6 @@ def _shares_trunk(original: Cut, network: nn.Module) -> bool | None:
         return None
     ours, theirs = list(original.trunk.state_dict().values()), list(trunk.state_dict().values())
     if len(ours) != len(theirs) or not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(ours, theirs)):
-        return False
-    if not isinstance(original.pre, nn.Conv2d):
         return False
     k = original.pre.out_channels
     if conv.out_channels <= k or conv.in_channels != original.pre.in_channels:
