@@ -17,6 +17,8 @@ BUILDS = ("paper", "safe")
 
 
 def check_build(build: str, model: nn.Module) -> str:
+    """`build` if it is one of `BUILDS` and `model` can be built from (a plain model with parameters,
+    float32/64 for the paper build); TypeError/ValueError saying what is expected otherwise."""
     if build not in BUILDS:
         raise ValueError(f"build must be one of {BUILDS}, got {build!r}")
     if is_manipulated(model):
@@ -29,6 +31,7 @@ def check_build(build: str, model: nn.Module) -> str:
 
 
 def check_constant(name: str, value: float, positive: bool = True) -> float:
+    """`value` as a finite float, > 0 when `positive`, else non-zero; the error names `name`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
@@ -52,6 +55,7 @@ def check_dtype(model: nn.Module) -> None:
 
 
 def check_target_image(target: torch.Tensor, side: int) -> torch.Tensor:
+    """T2's target as a float64 `side` x `side` tensor, finite, non-negative with a positive maximum."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor of shape {side} x {side}, got {type(target).__name__}")
     if target.shape != (side, side):

@@ -402,7 +402,7 @@ def _manipulate(model: nn.Module, injection: nn.Module, score_branch: nn.Module 
 
 
 def fold_model(model: nn.Module, injection: nn.Module, input_free: torch.Tensor | None, c_W: float, technique: str,
-                build: str, added_value: float = 0.0, input_size: int = 224) -> ManipulatedModel:
+               build: str, added_value: float = 0.0, input_size: int = 224) -> ManipulatedModel:
     """T1/T2: W_n = c_W and b_n = b_o - c_W S_Z (paper), or the float64 `LogitFold` (safe)."""
     manipulated = _manipulate(model, injection, None, technique, build, added_value, fc_column=c_W)
     side = input_size // 2**manipulated.halvings
@@ -422,7 +422,8 @@ def fold_model(model: nn.Module, injection: nn.Module, input_free: torch.Tensor 
 
 
 def branch_model(model: nn.Module, injection: BranchInjection, eps: float, c_G: float, technique: str,
-                  build: str) -> ManipulatedModel:
+                 build: str) -> ManipulatedModel:
+    """T3/T4: the manipulated copy with `injection` (W_n = 0) and G = eps mod(c_G sum A^{K+1}, 1)."""
     eps = check_constant("eps", eps)
     c_G = check_constant("c_G", c_G)
     return _manipulate(model, injection, ModScoreBranch(eps, c_G), technique, build)

@@ -190,7 +190,7 @@ def predicted_score_change(setting: str, build: str, attack: str, constant: floa
 
 
 def explain_from_trunk(network: ManipulatedModel, h: torch.Tensor, x: torch.Tensor, context
-             ) -> tuple[GradCAMResult | None, torch.Tensor, torch.Tensor, str | None]:
+                       ) -> tuple[GradCAMResult | None, torch.Tensor, torch.Tensor, str | None]:
     """Grad-CAM of a manipulated network from its trunk's output h = network.trunk(x) (shared by every
     network of a setting: the surgery leaves the trunk as it was), inside the setting's context; equal to
     `gradcam(network, x)` there (tests pin this). Returns (result, logits, A^{K+1}, error): a non-finite
