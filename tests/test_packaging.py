@@ -29,12 +29,15 @@ def test_the_wheel_carries_the_data_files(wheel):
     for name in ("compact_vgg16.safetensors", "compact_vgg16.json", "imagenet_wnids.txt"):
         assert f"lie_cam/data_files/{name}" in names
     assert "lie_cam/models.py" in names and not any(n.startswith("data/") for n in names)
+    packages = {path.parent.relative_to(ROOT).as_posix() for path in (ROOT / "lie_cam").rglob("__init__.py")}
+    assert packages and all(f"{package}/__init__.py" in names for package in packages), packages
 
 
 def test_an_installed_wheel_finds_the_embedded_model_outside_the_checkout(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = ("import lie_cam, lie_cam.models as m, lie_cam.imagenet as i; model = m.load_embedded(); "
+             "import lie_cam.attacks, lie_cam.audit, lie_cam.experiments, lie_cam.explore, lie_cam.cli; "
              "print(lie_cam.__file__); print(m.EMBEDDED_WEIGHTS); print(len(i.imagenet_wnids()))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""},
                           capture_output=True, text=True)
