@@ -61,7 +61,7 @@ bench: setup
 	$(PYTHON) benchmarks/run.py --json benchmarks/latest.json
 
 train: setup
-	$(PYTHON) -m lie_cam.train
+	$(PYTHON) -m lie_cam.train --out data/compact_vgg16.safetensors --force
 
 clean:
 	rm -rf _build results

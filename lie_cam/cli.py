@@ -3,7 +3,9 @@
 Each command is one `_add_<command>(commands)` function that declares its arguments and sets
 `run` to the function doing the work; `COMMANDS` lists them. Everything a command is given is
 checked before any work, with the shared helpers below (`positive_int`, `non_negative_int`,
-`check_device`, `check_output_dir`); every error is one line on stderr and exit code 2.
+`check_device`, `lie_cam.experiments.output.check_output_dir`); every error is one line on stderr and
+exit code 2 (`lie_cam.usage`). Every command's files are moved into its output folder together once
+all are written, so an interrupted run leaves the folder as it was.
 
 Several processes: `torchrun --standalone --nproc-per-node N -m lie_cam reproduce ...`
 (see `lie_cam.experiments.distributed`); rank 0 prints and writes, every process evaluates its shard.
@@ -13,50 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, NoReturn
+from typing import Callable
 
 from lie_cam.profiles import PROFILES
+from lie_cam.usage import EXIT_USAGE, OneLineParser, UsageError, non_negative_int, positive_int, run_command
 
 __all__ = ["main", "COMMANDS", "positive_int", "non_negative_int", "check_device", "UsageError"]
-
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """A command line that cannot run: printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with every error as one line (no usage block) and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)}\n")
-
-
-def _one_line(message: object) -> str:
-    text = " ".join(str(message).split())
-    return text if len(text) <= 1000 else text[:997] + "..."
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return _bounded_int(text, 1, "a positive integer")
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _bounded_int(text, 0, "an integer >= 0")
-
-
-def _bounded_int(text: str, lowest: int, expected: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if value < lowest:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
-    return value
-
 
 def check_device(requested: str | None):
     """The torch.device to run on (under torchrun: this process's GPU), or UsageError when the
@@ -161,15 +125,15 @@ def _add_explainers(commands: argparse._SubParsersAction) -> None:
 
 
 def _explainers(args: argparse.Namespace) -> int:
-    from lie_cam.experiments.matrix import matrix_markdown, run_explainers
-    from lie_cam.experiments.report import check_output_dir
+    from lie_cam.experiments.matrix import MATRIX_FILES, matrix_markdown, run_explainers
+    from lie_cam.experiments.output import check_output_dir
 
     device = check_device(args.device)
-    check_output_dir(args.out)
+    check_output_dir(args.out, MATRIX_FILES)
     matrix = run_explainers(args.out, limit=args.limit, profile=args.profile, device=str(device),
                             costly_limit=args.costly_limit, progress=not args.no_progress)
     print(matrix_markdown(matrix, "default"))
-    print(f"wrote {args.out}/matrix.json, matrix.md, verdicts.png in {matrix.settings['seconds']:.0f}s")
+    print(f"wrote {args.out}/matrix.json, explainers.json, matrix.md, verdicts.png in {matrix.settings['seconds']:.0f}s")
     return 0
 
 
@@ -182,10 +146,10 @@ def _add_detect(commands: argparse._SubParsersAction) -> None:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from lie_cam.experiments.detection import run_detection
-    from lie_cam.experiments.report import check_output_dir
+    from lie_cam.experiments.detection import DETECTION_FILES, run_detection
+    from lie_cam.experiments.output import check_output_dir
 
-    check_output_dir(args.out)
+    check_output_dir(args.out, DETECTION_FILES)
     result = run_detection(args.out, zoo=args.zoo, threads=args.threads)
     print(f"wrote {args.out}/detectors.json, detectors.md, roc.png in {result['seconds']}s")
     return 0
@@ -201,10 +165,10 @@ def _add_precision(commands: argparse._SubParsersAction) -> None:
 
 
 def _precision(args: argparse.Namespace) -> int:
-    from lie_cam.experiments.precision import summary_markdown, write_precision
-    from lie_cam.experiments.report import check_output_dir
+    from lie_cam.experiments.output import check_output_dir
+    from lie_cam.experiments.precision import PRECISION_FILES, summary_markdown, write_precision
 
-    check_output_dir(args.out)
+    check_output_dir(args.out, PRECISION_FILES)
     result = write_precision(args.out, limit=args.limit, progress=not args.no_progress)
     print(summary_markdown(result["rows"]))
     print(f"\nwrote {args.out}/precision.json in {result['seconds']:.0f}s")
@@ -225,8 +189,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from lie_cam.train import main as train_main
 
-    train_main(args.rest)
-    return 0
+    return train_main(args.rest)
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
@@ -234,7 +197,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m lie_cam", description="Make Grad-CAM lie, and measure it.")
+    parser = OneLineParser(prog="python -m lie_cam", description="Make Grad-CAM lie, and measure it.")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(commands)
@@ -246,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
         return EXIT_USAGE
     args.rest = rest
-    try:
-        return args.run(args)
-    except (UsageError, OSError, RuntimeError, ValueError) as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_command(lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ __all__ = [
     "sha256_file",
     "read_safetensors",
     "read_state_dict",
+    "read_recipe",
+    "RECIPE_KEYS",
     "try_gpu",
     "fold_batchnorm",
     "RESNET_WEIGHTS",
@@ -188,7 +190,27 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _check_weights(state: dict[str, torch.Tensor], source: object, expected: dict[str, torch.Tensor] | None = None) -> None:
+    """ValueError naming `source` and the tensor when a weight is not floating point (integer weights
+    would be cast silently by load_state_dict) or holds NaN or inf. `expected`: the model's own
+    state_dict, whose non-floating entries (BatchNorm's num_batches_tracked) may stay integers."""
+    for key, value in state.items():
+        wanted = expected.get(key) if expected is not None else None
+        if wanted is not None and not wanted.is_floating_point():
+            continue
+        if not value.is_floating_point():
+            if expected is None and key.endswith("num_batches_tracked"):
+                continue
+            raise ValueError(f"{source}: tensor {key!r} is {str(value.dtype).replace('torch.', '')}, expected floating "
+                             "point weights (integer weights are refused, not cast)")
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise ValueError(f"{source}: tensor {key!r} holds {bad} NaN/inf value(s): the weights file is corrupted "
+                             "(a model with such weights gives no finite scores)")
+
+
 def _load_state(model: nn.Module, state: dict, path: Path, what: str) -> nn.Module:
+    _check_weights(state, path, model.state_dict())
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -196,6 +218,46 @@ def _load_state(model: nn.Module, state: dict, path: Path, what: str) -> nn.Modu
         detail = " ".join(lines[1:3] or lines)[:160]  # "size mismatch for ...", "Missing key(s) ..."
         raise ValueError(f"not a {what} state_dict: {detail} (in {path})") from None
     return model
+
+
+RECIPE_KEYS = ("architecture", "training", "test", "sha256", "command")  # what `python -m lie_cam.train` writes
+_ARCHITECTURE_KEYS = {"vgg": ("width", "num_classes", "hidden", "dropout"),
+                      "resnet": ("arch", "width", "layers", "num_classes")}
+
+
+def read_recipe(weights: str | Path, arch: str = "vgg", required: bool = False, recipe: Path | None = None) -> dict:
+    """The recipe `python -m lie_cam.train` wrote beside `weights` (same name, .json; or `recipe`), or {}
+    when there is none and not `required`. ValueError naming the .json when it is not JSON, has keys `train` never
+    writes, or describes the other architecture ("vgg": the compact VGG-16, "resnet": the compact ResNet)."""
+    recipe = Path(weights).with_suffix(".json") if recipe is None else Path(recipe)
+    if not recipe.is_file():
+        if required:
+            raise FileNotFoundError(f"{recipe} (the recipe and sha256 written beside the weights) is missing")
+        return {}
+    try:
+        meta = json.loads(recipe.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"the recipe {recipe} beside {Path(weights).name} is not valid JSON ({error}): repair or "
+                         "remove it") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"the recipe {recipe} holds a {type(meta).__name__}, expected an object with keys {RECIPE_KEYS}")
+    unknown = sorted(set(meta) - set(RECIPE_KEYS))
+    if unknown:
+        raise ValueError(f"the recipe {recipe} has unknown keys {unknown}: expected some of {list(RECIPE_KEYS)}")
+    architecture = meta.get("architecture", {})
+    if not isinstance(architecture, dict):
+        raise ValueError(f"the recipe {recipe}: 'architecture' must be an object, got {type(architecture).__name__}")
+    other = "vgg" if arch == "resnet" else "resnet"
+    says = "resnet" if architecture.get("arch") == "resnet" or "layers" in architecture else "vgg"
+    if says != arch:
+        loader = "load_embedded_resnet" if other == "resnet" else "load_embedded"
+        raise ValueError(f"the recipe {recipe} describes a compact {'ResNet' if says == 'resnet' else 'VGG-16'}, "
+                         f"not a {'ResNet' if arch == 'resnet' else 'VGG-16'}: use --arch {other} ({loader})")
+    unknown = sorted(set(architecture) - set(_ARCHITECTURE_KEYS[arch]))
+    if unknown:
+        raise ValueError(f"the recipe {recipe}: 'architecture' has unknown keys {unknown}, expected some of "
+                         f"{list(_ARCHITECTURE_KEYS[arch])}")
+    return meta
 
 
 def embedded_metadata() -> dict:
@@ -212,16 +274,17 @@ def load_embedded(path: str | Path | None = None, verify: bool = True) -> nn.Mod
     if not path.exists():
         raise FileNotFoundError(f"no embedded model at {path}: it ships with the package (lie_cam.data_files); "
                                 "reinstall it, or retrain with `python -m lie_cam.train`")
-    if path.resolve() == EMBEDDED_WEIGHTS.resolve():
-        meta = embedded_metadata()
-    else:  # a retrained model: `python -m lie_cam.train --out FILE` writes its recipe beside it
-        recipe = path.with_suffix(".json")
-        meta = json.loads(recipe.read_text()) if recipe.exists() else {}
+    shipped = path.resolve() == EMBEDDED_WEIGHTS.resolve()
+    if shipped and not EMBEDDED_RECIPE.exists():
+        embedded_metadata()  # raises, saying how to get the data files back
+    # the shipped recipe, or the one `python -m lie_cam.train --out FILE` wrote beside a retrained model
+    meta = read_recipe(path, "vgg", required=shipped, recipe=EMBEDDED_RECIPE if shipped else None)
     arch = meta.get("architecture", {"width": 0.125, "num_classes": EMBEDDED_CLASSES, "hidden": 256})
     state = read_safetensors(path)
     if verify and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
         raise ValueError(f"{path} does not match the sha256 recorded in its recipe: the file was changed or corrupted")
     return _load_state(compact_vgg16(**arch), state, path, "compact VGG-16").eval()
+
 
 
 def load_vgg16(checkpoint: str | Path | None = None, pretrained: bool = True) -> nn.Module:
@@ -293,9 +356,7 @@ def load_embedded_resnet(path: str | Path | None = None, verify: bool = True) ->
         raise FileNotFoundError(f"no compact ResNet at {path}: it ships with the package (lie_cam.data_files); "
                                 "retrain with `python -m lie_cam.train --arch resnet`")
     recipe = path.with_suffix(".json")
-    if not recipe.is_file():
-        raise FileNotFoundError(f"{recipe} (the recipe and sha256 written beside the weights) is missing")
-    meta = json.loads(recipe.read_text())
+    meta = read_recipe(path, "resnet", required=True)
     if verify and sha256_file(path) != meta.get("sha256"):
         raise ValueError(f"{path} does not match the sha256 recorded in {recipe.name}: the file was changed or corrupted")
     arch = dict(meta["architecture"])
@@ -383,8 +444,11 @@ def vgg_from_state_dict(state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def load_model_file(path: str | Path) -> nn.Module:
-    """A VGG from a weights file (safetensors, or torch.load(weights_only=True))."""
-    return vgg_from_state_dict(read_state_dict(path))
+    """A VGG from a weights file (safetensors, or torch.load(weights_only=True)); integer or non-finite
+    weights are refused, naming the file and the tensor."""
+    state = read_state_dict(path)
+    _check_weights(state, path)
+    return vgg_from_state_dict(state)
 
 
 def as_model(model: ModelLike) -> nn.Module:

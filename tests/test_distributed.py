@@ -86,7 +86,7 @@ def test_torchrun_two_processes_equal_one(tmp_path):
                 assert mine[key] == value, (mine["network"], mine["data"], key)
             else:
                 assert mine[key] == pytest.approx(value, rel=1e-6, abs=1e-300), (mine["network"], mine["data"], key)
-    info = json.loads((tmp_path / "two" / "run.json").read_text())
+    info = json.loads((tmp_path / "two" / "reproduce.json").read_text())
     assert info["world_size"] == 2 and info["images_per_rank"] == [18, 8] and info["backend"] == "gloo"
     assert single.run["world_size"] == 1 and single.run["images_per_rank"] == [limit]
     for name in ("figure1.png", "figure3.png", "table1.md", "table2.csv"):

@@ -154,7 +154,7 @@ def test_train_resnet_one_command_writes_a_loadable_model_and_its_recipe(tmp_pat
     assert model.fc.out_features == 10 and not model.training
 
 
-def test_train_defaults_depend_on_the_architecture(monkeypatch):
+def test_train_defaults_depend_on_the_architecture(monkeypatch, tmp_path):
     from lie_cam import train as T
 
     seen = {}
@@ -164,6 +164,7 @@ def test_train_defaults_depend_on_the_architecture(monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(T, "render_parallel", render)
+    monkeypatch.chdir(tmp_path)  # the default --out is in the current folder
     cases = [(["--arch", "resnet"], 6000), (["--arch", "vgg"], 12_000), (["--arch", "resnet", "--train-size", "64"], 64)]
     for argv, expected in cases:
         with pytest.raises(KeyboardInterrupt):
@@ -171,4 +172,4 @@ def test_train_defaults_depend_on_the_architecture(monkeypatch):
         assert seen["train_size"] == expected, argv
     assert T.ARCH_DEFAULTS["resnet"] == {"train_size": 6000, "epochs": 13}
     with pytest.raises(ValueError, match="arch must be"):
-        T.train(arch="densenet")
+        T.train(tmp_path / "model.safetensors", arch="densenet")

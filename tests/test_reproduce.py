@@ -23,7 +23,7 @@ def test_writes_every_file(reproduction):
         assert (out / name).stat().st_size > 0, name
     table1 = (out / "table1.md").read_text()
     assert "0.71592" in table1 and "T3" in table1  # the paper's numbers beside ours
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "reproduce.json").read_text())
     assert run["world_size"] == 1 and run["images_per_rank"] == [60] and run["settings"]["limit"] == 60
 
 

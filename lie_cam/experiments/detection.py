@@ -22,13 +22,15 @@ from torch import nn
 from lie_cam import data as synth
 from lie_cam.attacks import ATTACKS, channel_hijack, hijack_cost, least_important_channel, networks
 from lie_cam.audit.detectors import DETECTORS, Detector, auroc, score_all, tpr_at_fpr
-from lie_cam.experiments.zoo import build_zoo, load_zoo
+from lie_cam.experiments.output import check_output_dir, staged_output
+from lie_cam.experiments.zoo import build_zoo, load_zoo, zoo_files
 from lie_cam.gradcam import gradcam
 from lie_cam.metrics import l1_distance
 from lie_cam.plotting import markdown_table
 
-__all__ = ["STUDIED", "ADAPTIVE_CONSTANTS", "run_detection", "detection_rows", "roc_figure", "detectors_markdown"]
+__all__ = ["STUDIED", "DETECTION_FILES", "ADAPTIVE_CONSTANTS", "run_detection", "detection_rows", "roc_figure", "detectors_markdown"]
 
+DETECTION_FILES = ("detectors.json", "detectors.md", "roc.png")  # what `run_detection` writes (the zoo: its own)
 # The attacks of the study: the registry's paper and weights-only attacks.
 STUDIED = tuple(name for name, a in ATTACKS.items() if a.family in ("paper", "weights-only"))
 # The adaptive round: hijack constants (c_A, c_W) from the paper's (100, 100) towards weights and
@@ -134,11 +136,13 @@ def run_detection(out: str | Path, zoo: str | Path | None = None, n_clean: int =
                   threads: int | None = None, progress: bool = True) -> dict:
     """Every detector on the zoo (clean) and on the studied attacks built from each zoo model; the
     hijack's cost on the embedded model; the adaptive round. Writes DIR/detectors.json,
-    DIR/detectors.md and DIR/roc.png; returns the json's content."""
+    DIR/detectors.md and DIR/roc.png, moved into place together once all are written (the zoo, built
+    first into `zoo`, default DIR/zoo, is a folder of its own); returns the json's content."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    given, out = out, check_output_dir(out, DETECTION_FILES)
+    zoo = check_output_dir(zoo if zoo is not None else out / "zoo", zoo_files())
     started = time.time()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    zoo = Path(zoo) if zoo is not None else out / "zoo"
     if threads:
         torch.set_num_threads(threads)
     build_zoo(zoo, threads=torch.get_num_threads())
@@ -161,11 +165,12 @@ def run_detection(out: str | Path, zoo: str | Path | None = None, n_clean: int =
                        "idea": d.idea} for d in DETECTORS],
         "zoo": list(models), "n_clean_images": n_clean, "test_size": test_size,
         "seconds": round(time.time() - started), "threads": torch.get_num_threads(),
-        "command": f"python -m lie_cam detect --out {out}",
+        "command": f"python -m lie_cam detect --out {given}",
     }
-    (out / "detectors.json").write_text(json.dumps(result_json, indent=1) + "\n")
-    (out / "detectors.md").write_text(detectors_markdown(result_json))
-    roc_figure(scores).savefig(out / "roc.png", dpi=120)
+    with staged_output(out, DETECTION_FILES) as stage:
+        (stage / "detectors.json").write_text(json.dumps(result_json, indent=1) + "\n")
+        (stage / "detectors.md").write_text(detectors_markdown(result_json))
+        roc_figure(scores).savefig(stage / "roc.png", dpi=120)
     return result_json
 
 

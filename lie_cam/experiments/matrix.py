@@ -26,12 +26,14 @@ from lie_cam.audit.explainers import (EXPLAINERS, LAYERS, NORMALIZATIONS, TAU, V
                                       unit_maps, verdict)
 from lie_cam.book import setup
 from lie_cam.data import paste_stickers
+from lie_cam.experiments.output import check_output_dir, staged_output
 from lie_cam.metrics import pointing_hits
 from lie_cam.plotting import markdown_table
 
-__all__ = ["CASES", "ROW_KEYS", "Matrix", "run_matrix", "matrix_markdown", "verdict_figure", "run_explainers",
+__all__ = ["CASES", "ROW_KEYS", "MATRIX_FILES", "Matrix", "run_matrix", "matrix_markdown", "verdict_figure", "run_explainers",
            "write_matrix", "load_matrix"]
 
+MATRIX_FILES = ("matrix.json", "explainers.json", "matrix.md", "verdicts.png")  # what `write_matrix` writes
 ROW_KEYS = ("library", "method", "attack", "normalization", "layer", "l1_to_target", "l1_to_honest",
             "pointing", "verdict", "n")
 
@@ -212,7 +214,7 @@ def _matrix_md_document(matrix: Matrix) -> str:
         f"Verdict (same for every cell, tau = {TAU} per pixel): **fooled** if the mean L1 of the max-normalised "
         "map to the attack's intended map is <= tau * N_A and not larger than its L1 to the same method's "
         "map on the original network; else **immune** if that L1 to the honest map is <= tau * N_A; else "
-        "**partial**. **error**: the method raised (messages below and in run.json).",
+        "**partial**. **error**: the method raised (messages below and in explainers.json).",
         "",
     ]
     tail = ["## Errors", ""] + [f"- {key}: {msg}" for key, msg in matrix.errors.items()] if matrix.errors else []
@@ -272,17 +274,13 @@ def run_explainers(out: str | os.PathLike, limit: int = 32, profile: str = "embe
                    costly_limit: int | None = 4, seed: int = 0, progress: bool = True,
                    explainers: Sequence[Explainer] | None = None, attacks: Sequence[str] = CASES) -> Matrix:
     """`python -m lie_cam explainers`: the matrix on the first `limit` test images of `profile`,
-    written to out/matrix.json, out/matrix.md and out/verdicts.png. Validates before any work."""
+    written to out/matrix.json, out/explainers.json, out/matrix.md and out/verdicts.png. Validates
+    before any work, `out` included."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"--limit must be a positive number of images, got {limit!r}")
     if costly_limit is not None and (isinstance(costly_limit, bool) or not isinstance(costly_limit, int) or costly_limit < 1):
         raise ValueError(f"--costly-limit must be a positive number of images, got {costly_limit!r}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    parent = next((p for p in [out, *out.parents] if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+    check_output_dir(out, MATRIX_FILES)
     missing = [m for m in ("pytorch_grad_cam", "captum", "torchcam") if _missing(m)]
     if missing:
         raise RuntimeError(f"{missing} not installed: pip install --constraint constraints.txt '.[explainers]'")
@@ -299,27 +297,31 @@ def run_explainers(out: str | os.PathLike, limit: int = 32, profile: str = "embe
 
 
 def write_matrix(matrix: Matrix, out: str | os.PathLike) -> None:
-    """out/matrix.json (the rows), out/run.json (settings and error messages), out/matrix.md and
-    out/verdicts.png."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "matrix.json").write_text(json.dumps(matrix.rows, indent=1, allow_nan=False))
-    (out / "run.json").write_text(json.dumps({"settings": matrix.settings, "errors": matrix.errors}, indent=1))
-    (out / "matrix.md").write_text(_matrix_md_document(matrix))
-    fig = verdict_figure(matrix)
-    fig.savefig(out / "verdicts.png", dpi=120)
+    """out/matrix.json (the rows), out/explainers.json (settings and error messages), out/matrix.md and
+    out/verdicts.png, moved into place together once all are written (`staged_output`)."""
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    fig = verdict_figure(matrix)
+    try:
+        with staged_output(out, MATRIX_FILES) as stage:
+            (stage / "matrix.json").write_text(json.dumps(matrix.rows, indent=1, allow_nan=False))
+            (stage / "explainers.json").write_text(json.dumps({"settings": matrix.settings, "errors": matrix.errors},
+                                                              indent=1))
+            (stage / "matrix.md").write_text(_matrix_md_document(matrix))
+            fig.savefig(stage / "verdicts.png", dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def load_matrix(folder: str | os.PathLike) -> Matrix:
-    """A `Matrix` from the matrix.json and run.json that `run_explainers` wrote into `folder`."""
+    """A `Matrix` from the matrix.json and explainers.json that `run_explainers` wrote into `folder`
+    (run.json in folders written before the run record had its own name)."""
     folder = Path(folder)
     rows = json.loads((folder / "matrix.json").read_text())
     if not isinstance(rows, list) or not all(isinstance(r, dict) and set(r) == set(ROW_KEYS) for r in rows):
         raise ValueError(f"{folder / 'matrix.json'} is not a list of rows with keys {list(ROW_KEYS)}")
-    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+    record = next((folder / n for n in ("explainers.json", "run.json") if (folder / n).exists()), None)
+    run = json.loads(record.read_text()) if record is not None else {}
     return Matrix(rows=rows, errors=run.get("errors", {}), settings=run.get("settings", {}))
 
 

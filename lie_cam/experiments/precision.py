@@ -45,6 +45,7 @@ from torch.overrides import TorchFunctionMode
 from lie_cam.anatomy import cut_at_a
 from lie_cam.attacks import BUILDS, ManipulatedModel, ManipulatedVGG, constant_flat, paper_networks
 from lie_cam.data import STICKER_SEED, paste_stickers, synthetic_split
+from lie_cam.experiments.output import check_output_dir, staged_output
 from lie_cam.gradcam import GradCAMResult, gradcam, head_gradcam
 from lie_cam.metrics import l1_distance, pointing_hits, score_change
 from lie_cam.models import load_embedded, load_embedded_resnet
@@ -63,6 +64,7 @@ __all__ = [
     "precision_table",
     "sign_failure",
     "write_precision",
+    "PRECISION_FILES",
     "summary_markdown",
     "resnet_tables",
 ]
@@ -82,6 +84,8 @@ MANTISSA_BITS = {"float64": 52, "float32": 23, "tf32": 10, "bf16": 7, "fp16": 10
 LARGEST = {"float64": torch.finfo(torch.float64).max, "float32": torch.finfo(torch.float32).max,
            "tf32": torch.finfo(torch.float32).max, "bf16": torch.finfo(torch.bfloat16).max,
            "fp16": torch.finfo(torch.float16).max}
+
+PRECISION_FILES = ("precision.json",)  # what `write_precision` writes
 
 
 def ulp(value: float, setting: str) -> float:
@@ -354,10 +358,7 @@ def write_precision(out: str | Path, limit: int = 64, progress: bool = True) -> 
 
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"--limit must be a positive number of images, got {limit!r}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, PRECISION_FILES)
     started = time.time()
     x, labels, _ = synthetic_split("test", limit)
     model = load_embedded()
@@ -371,7 +372,8 @@ def write_precision(out: str | Path, limit: int = 64, progress: bool = True) -> 
         "score_change": "max over images of max_c |y_n,c - y_o,c|, the original evaluated in the same setting",
         "rows": rows, "sign_failure": signs, "seconds": round(time.time() - started, 1),
     }
-    (out / "precision.json").write_text(json.dumps(result, indent=2) + "\n")
+    with staged_output(out, PRECISION_FILES) as stage:
+        (stage / "precision.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -3,19 +3,21 @@
 `Reproduction` holds what a run measured (`lie_cam.experiments.reproduce.run_reproduction` makes it):
 one row per (network, data) with the paper's metrics (`lie_cam.metrics`), and the examples
 drawn in Figures 1 and 3. `write(out)` produces table1/2 (.md, .csv), results.json (the rows),
-run.json (how the run was made: settings, world_size, images_per_rank, seconds) and the figures.
+reproduce.json (how the run was made: settings, world_size, images_per_rank, seconds) and the figures,
+all at once (`lie_cam.experiments.output.staged_output`: after a Ctrl-C the folder holds all of
+them or the earlier run's).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from lie_cam import plotting
+from lie_cam.experiments import output
 from lie_cam.plotting import markdown_table
 
 __all__ = ["PAPER_TABLE1", "PAPER_TABLE2", "COLUMNS", "OUTPUT_FILES", "Reproduction", "check_output_dir",
@@ -35,30 +37,14 @@ PAPER_TABLE2 = {
     ("sticker", "T4"): (0.69048, 0.00000, 0.00006),
 }
 COLUMNS = (("accuracy", "Accuracy"), ("score_change", "‖y_o − y_n‖∞"), ("l1", "‖Ĩ_T − Ĩ_n‖₁"))
-OUTPUT_FILES = ("table1.md", "table1.csv", "table2.md", "table2.csv", "results.json", "run.json",
+OUTPUT_FILES = ("table1.md", "table1.csv", "table2.md", "table2.csv", "results.json", "reproduce.json",
                 "figure1.png", "figure3.png")
 
 
 def check_output_dir(out: str | Path) -> Path:
-    """`out` as a Path if a run can write its files there: an existing writable folder, or a path
-    whose nearest existing parent is a writable folder (it is created at the end). Raises
-    NotADirectoryError / PermissionError naming the offending path otherwise; writes nothing."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder: give a folder for the results")
-    parent = out
-    while not parent.exists():
-        if parent.parent == parent:
-            break
-        parent = parent.parent
-    if not parent.is_dir():
-        raise NotADirectoryError(f"--out {out} lies under {parent}, which is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"--out {out}: cannot write in {parent}")
-    for name in OUTPUT_FILES:
-        if (out / name).is_dir():
-            raise IsADirectoryError(f"--out {out}: {out / name} is a folder, so the result file cannot be written")
-    return out
+    """`out` as an absolute Path if the reproduction can write its files there (ValueError, OSError
+    naming the path otherwise; writes nothing): `lie_cam.experiments.output.check_output_dir`."""
+    return output.check_output_dir(out, OUTPUT_FILES)
 
 
 @dataclass
@@ -95,9 +81,13 @@ class Reproduction:
         return _markdown(self.table2(), ["data", "network"], f"Table 2 ({self.description}; paper: ILSVRC2012 val)")
 
     def write(self, out: str | Path) -> list[Path]:
-        """table1.md/.csv, table2.md/.csv, results.json, run.json, figure1.png, figure3.png in `out`."""
-        out = check_output_dir(out)
-        out.mkdir(parents=True, exist_ok=True)
+        """table1.md/.csv, table2.md/.csv, results.json, reproduce.json, figure1.png, figure3.png in `out`,
+        moved into place together once all are written (a figure this run does not draw is removed)."""
+        with output.staged_output(out, OUTPUT_FILES) as stage:
+            written = [Path(out).expanduser().absolute() / p.name for p in self._write_into(stage)]
+        return written
+
+    def _write_into(self, out: Path) -> list[Path]:
         written = []
         for name, rows, text in (("table1", self.table1(), self.table1_markdown()),
                                  ("table2", self.table2(), self.table2_markdown())):
@@ -110,8 +100,8 @@ class Reproduction:
         (out / "results.json").write_text(json.dumps(self.rows, indent=2) + "\n")
         run = {"profile": self.profile, "description": self.description, "seconds": self.seconds,
                "settings": self.settings, **self.run}
-        (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-        written += [out / "results.json", out / "run.json"]
+        (out / "reproduce.json").write_text(json.dumps(run, indent=2) + "\n")
+        written += [out / "results.json", out / "reproduce.json"]
         if self.examples:
             written += self.write_figures(out)
         return written

@@ -293,8 +293,8 @@ def run_reproduction(
     model: nn.Module | None = None,
     arch: str = "vgg",
 ) -> Reproduction:
-    """Run the tables' evaluation and (if `out` is given) write the tables, results.json, run.json
-    and figures there (rank 0 only, in a distributed run).
+    """Run the tables' evaluation and (if `out` is given) write the tables, results.json, reproduce.json
+    and figures there, all at once (rank 0 only, in a distributed run).
 
     Everything is checked before any work: the arguments, `out`, the device, the data source and
     the model (`checkpoint`, or an already loaded `model`, which is moved to device and dtype).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,10 +26,13 @@ import torch
 from torch import nn
 
 from lie_cam import data as synth
+from lie_cam.experiments.output import check_output_dir, link_or_copy, staged_output
 from lie_cam.models import load_embedded, load_model_file, sha256_file
 from lie_cam.train import train_step
+from lie_cam.usage import OneLineParser, positive_int, run_command
 
-__all__ = ["ZooRecipe", "RECIPES", "prune_filters", "train_recipe", "build_zoo", "load_zoo", "zoo_names", "main"]
+__all__ = ["ZooRecipe", "RECIPES", "prune_filters", "train_recipe", "build_zoo", "load_zoo", "zoo_names", "zoo_files",
+           "main"]
 
 
 @dataclass(frozen=True)
@@ -148,41 +152,69 @@ def train_recipe(recipe: ZooRecipe) -> nn.Module:
     return model.eval()
 
 
+def zoo_files() -> tuple[str, ...]:
+    """The files `build_zoo` writes: NAME.safetensors and NAME.json per recipe, and zoo.json."""
+    return tuple(f"{r.name}{suffix}" for r in RECIPES for suffix in (".safetensors", ".json")) + ("zoo.json",)
+
+
+def _cached(out: Path, recipe: ZooRecipe) -> dict | None:
+    """The recipe's model already in `out` (its json's recipe and sha256 match): its json, else None."""
+    weights, meta_path = out / f"{recipe.name}.safetensors", out / f"{recipe.name}.json"
+    if not (weights.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, OSError):
+        return None
+    ok = isinstance(meta, dict) and meta.get("recipe") == asdict(recipe) and meta.get("sha256") == sha256_file(weights)
+    return meta if ok else None
+
+
+def _check_zoo_arguments(threads: int, test_size: int) -> None:
+    for name, value in (("threads", threads), ("test_size", test_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def build_zoo(out: str | Path, threads: int = 1, test_size: int = 200, force: bool = False) -> list[dict]:
-    """Train every `RECIPES` model into `out` (skipping those already there with a matching recipe),
-    and record each model's test accuracy on `test_size` test scenes. Returns the zoo.json rows."""
+    """Train every `RECIPES` model into `out` (reusing those already there with a matching recipe,
+    unless `force`), and record each model's test accuracy on `test_size` test scenes. Returns the
+    zoo.json rows. The files are moved into `out` together once all are written
+    (`lie_cam.experiments.output.staged_output`): an interrupted build leaves `out` as it was."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_zoo_arguments(threads, test_size)
+    out = check_output_dir(out, zoo_files())
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     x_test, y_test, _ = synth.synthetic_split("test", test_size)
     rows = []
     try:
-        for recipe in RECIPES:
-            weights, meta_path = out / f"{recipe.name}.safetensors", out / f"{recipe.name}.json"
-            if not force and weights.exists() and meta_path.exists():
-                meta = json.loads(meta_path.read_text())
-                if meta.get("recipe") == asdict(recipe) and meta.get("sha256") == sha256_file(weights):
+        with staged_output(out, zoo_files()) as stage:
+            for recipe in RECIPES:
+                weights, meta_path = stage / f"{recipe.name}.safetensors", stage / f"{recipe.name}.json"
+                meta = None if force else _cached(out, recipe)
+                if meta is not None:
+                    link_or_copy(out / weights.name, weights)
+                    link_or_copy(out / meta_path.name, meta_path)
                     rows.append(meta)
                     continue
-            started = time.time()
-            model = train_recipe(recipe)
-            seconds = time.time() - started
-            with torch.no_grad():
-                accuracy = (model(x_test).argmax(1) == y_test).double().mean().item()
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-            meta = {"recipe": asdict(recipe),
-                    "conv_filters": [m.out_channels for m in model.features if isinstance(m, nn.Conv2d)],
-                    "test_accuracy": accuracy, "test_size": test_size, "seconds": round(seconds, 1),
-                    "threads": threads, "torch": torch.__version__, "sha256": sha256_file(weights)}
-            meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-            print(f"{recipe.name}: test accuracy {accuracy:.3f} ({seconds:.0f}s)", flush=True)
-            rows.append(meta)
+                started = time.time()
+                model = train_recipe(recipe)
+                seconds = time.time() - started
+                with torch.no_grad():
+                    accuracy = (model(x_test).argmax(1) == y_test).double().mean().item()
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+                meta = {"recipe": asdict(recipe),
+                        "conv_filters": [m.out_channels for m in model.features if isinstance(m, nn.Conv2d)],
+                        "test_accuracy": accuracy, "test_size": test_size, "seconds": round(seconds, 1),
+                        "threads": threads, "torch": torch.__version__, "sha256": sha256_file(weights)}
+                meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+                print(f"{recipe.name}: test accuracy {accuracy:.3f} ({seconds:.0f}s)", flush=True)
+                rows.append(meta)
+            (stage / "zoo.json").write_text(json.dumps(rows, indent=2) + "\n")
     finally:
         torch.set_num_threads(previous)
-    (out / "zoo.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 
@@ -202,16 +234,23 @@ def load_zoo(folder: str | Path, include_embedded: bool = True) -> dict[str, nn.
     return models
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=1)
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lie_cam.experiments.zoo --out DIR`; a bad argument or an output folder that cannot be
+    written is one line on stderr and exit code 2."""
+    parser = OneLineParser(prog="python -m lie_cam.experiments.zoo", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="the zoo's folder")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--force", action="store_true", help="retrain models already in --out")
-    args = parser.parse_args(argv)
-    started = time.time()
-    build_zoo(args.out, threads=args.threads, force=args.force)
-    print(f"zoo in {args.out} ({time.time() - started:.0f}s)")
+
+    def work() -> None:
+        args = parser.parse_args(argv)
+        started = time.time()
+        build_zoo(args.out, threads=args.threads, force=args.force)
+        print(f"zoo in {args.out} ({time.time() - started:.0f}s)")
+
+    return run_command(work)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
