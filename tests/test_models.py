@@ -173,3 +173,110 @@ def test_train_defaults_depend_on_the_architecture(monkeypatch, tmp_path):
     assert T.ARCH_DEFAULTS["resnet"] == {"train_size": 6000, "epochs": 13}
     with pytest.raises(ValueError, match="arch must be"):
         T.train(tmp_path / "model.safetensors", arch="densenet")
+
+
+# --- weights and recipes checked on load (issue 23) -------------------------------------------
+
+def _embedded_state():
+    from lie_cam.models import read_safetensors
+
+    return read_safetensors(EMBEDDED_WEIGHTS)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_without_a_recipe_are_refused_naming_the_tensor(bad, tmp_path):
+    from safetensors.torch import save_file
+
+    from lie_cam.models import load_model_file
+
+    state = _embedded_state()
+    state["features.26.weight"][3, 2, 1, 0] = bad
+    path = tmp_path / "corrupted.safetensors"  # no recipe beside it: nothing else would catch it
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match=r"corrupted.safetensors: tensor 'features.26.weight' holds 1 NaN/inf"):
+        load_embedded(path)
+    with pytest.raises(ValueError, match=r"features.26.weight.*NaN/inf"):
+        load_model_file(path)
+
+
+def test_integer_weights_are_refused_not_cast(tmp_path):
+    from safetensors.torch import save_file
+
+    from lie_cam.models import load_model_file
+
+    state = _embedded_state()
+    state["classifier.6.weight"] = (state["classifier.6.weight"] * 100).round().to(torch.int32)
+    path = tmp_path / "integers.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match=r"'classifier.6.weight' is int32, expected floating point weights"):
+        load_embedded(path)
+    with pytest.raises(ValueError, match=r"classifier.6.weight' is int32"):
+        load_model_file(path)
+
+
+def test_reproduce_refuses_a_corrupted_checkpoint(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from lie_cam.cli import main
+
+    state = _embedded_state()
+    state["classifier.0.bias"][0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_file(state, str(path))
+    argv = ["reproduce", "--no-progress", "--device", "cpu", "--workers", "0", "--limit", "2", "--checkpoint",
+            str(path), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "classifier.0.bias" in err[0] and "weights file is corrupted" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def _copy_with_recipe(tmp_path, recipe_text: str):
+    import shutil
+
+    path = tmp_path / "model.safetensors"
+    shutil.copy(EMBEDDED_WEIGHTS, path)
+    (tmp_path / "model.json").write_text(recipe_text)
+    return path
+
+
+def test_a_broken_recipe_is_named(tmp_path):
+    path = _copy_with_recipe(tmp_path, '{"architecture": {"width": 0.125,')
+    with pytest.raises(ValueError, match=r"recipe .*model.json beside model.safetensors is not valid JSON"):
+        load_embedded(path)
+
+
+def test_unknown_recipe_keys_are_named(tmp_path):
+    import json
+
+    recipe = embedded_metadata()
+    recipe["architecture"]["depth"] = 19
+    path = _copy_with_recipe(tmp_path, json.dumps(recipe))
+    with pytest.raises(ValueError, match=r"model.json: 'architecture' has unknown keys \['depth'\]"):
+        load_embedded(path)
+    recipe = embedded_metadata()
+    recipe["weights_url"] = "http://example.org"
+    path = _copy_with_recipe(tmp_path, json.dumps(recipe))
+    with pytest.raises(ValueError, match=r"model.json has unknown keys \['weights_url'\]"):
+        load_embedded(path)
+
+
+def test_a_recipe_of_the_other_architecture_says_which_to_use(tmp_path, capsys):
+    import json
+    import shutil
+
+    from lie_cam.cli import main
+    from lie_cam.models import RESNET_WEIGHTS, load_embedded_resnet
+
+    resnet = tmp_path / "resnet.safetensors"
+    shutil.copy(RESNET_WEIGHTS, resnet)
+    shutil.copy(RESNET_WEIGHTS.with_suffix(".json"), tmp_path / "resnet.json")
+    with pytest.raises(ValueError, match="describes a compact ResNet, not a VGG-16: use --arch resnet"):
+        load_embedded(resnet)
+    vgg = _copy_with_recipe(tmp_path, json.dumps(embedded_metadata()))
+    with pytest.raises(ValueError, match="describes a compact VGG-16, not a ResNet: use --arch vgg"):
+        load_embedded_resnet(vgg)
+    argv = ["reproduce", "--no-progress", "--device", "cpu", "--workers", "0", "--limit", "2", "--checkpoint",
+            str(resnet), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "use --arch resnet" in capsys.readouterr().err

@@ -202,7 +202,7 @@ def load_model(profile: str, checkpoint: str | Path | None = None, arch: str = "
     try:
         return embedded(path) if profile == "embedded" else load_vgg16(path)
     except Exception as error:  # safetensors' own errors, torch.load's, load_state_dict's
-        raise ValueError(f"checkpoint {path} cannot be used: expected {expected} ({_summary(error)})") from error
+        raise ValueError(f"checkpoint {path} cannot be used: expected {expected} ({_summary(error, 600)})") from error
 
 
 def _dataset(profile: str, data: str | None, limit: int | None,
