@@ -40,6 +40,8 @@ __all__ = [
     "imagenette_classes",
     "imagenette_archive",
     "ImageNetFolder",
+    "ImageError",
+    "load_image",
     "imagenette",
     "make_loader",
     "default_data_root",
@@ -157,6 +159,33 @@ def _restore(cls: type, state: bytes) -> Any:
     return obj
 
 
+class ImageError(ValueError):
+    """An image file that cannot be decoded; the message names the file. A DataLoader worker re-raises
+    it in the main process as ImageError("Caught ImageError in DataLoader worker ... Original Traceback
+    ..."): only the original one-line message is kept, so the command line prints one clear line."""
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            lines = [line for line in message.strip().splitlines() if line.strip()]
+            message = lines[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """The image at `path` as PIL RGB; ImageError naming the file when it cannot be read or decoded
+    (not an image, truncated) or is larger than PIL's decompression-bomb limit, `Image.MAX_IMAGE_PIXELS`."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"image {path} is too large to decode safely ({error}); PIL refuses images of more than "
+                         f"2 x Image.MAX_IMAGE_PIXELS = {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels: shrink or remove "
+                         "it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from None
+    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError, "image file is truncated", ...
+        raise ImageError(f"image {path} cannot be decoded ({type(error).__name__}: {' '.join(str(error).split())}): "
+                         "replace or remove it") from None
+
+
 class ImageNetFolder(Dataset):
     """A local ImageNet (validation) set: `root/val/<wnid>/*` (torchvision's layout) or `root/<wnid>/*`.
 
@@ -203,9 +232,7 @@ class ImageNetFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-        return self.transform(image), label
+        return self.transform(load_image(path)), label
 
     def __reduce__(self) -> tuple[Callable, tuple[type, bytes]]:
         return _restore, (type(self), pickle.dumps(self.__dict__))
