@@ -191,8 +191,16 @@ def _check_eval(model: nn.Module, allow_training: bool) -> None:
             "(or pass allow_training=True if that is what you want)")
 
 
-def _check_scores(logits: torch.Tensor) -> None:
+def _check_scores(logits: torch.Tensor, model: object = None) -> None:
+    """ValueError when a score is NaN or inf: naming the model's first non-finite weight if it has one
+    (a corrupted model), else an overflow for this input."""
     if not bool(torch.isfinite(logits).all()):
+        if isinstance(model, nn.Module):
+            for name, value in model.state_dict().items():
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"the model's scores are not finite because its weights are not: {name} holds "
+                                     f"{int((~torch.isfinite(value)).sum())} NaN/inf value(s) (a corrupted model, "
+                                     "not the input)")
         raise ValueError(
             "the model's scores are not finite for this input (an overflow inside the network, e.g. inputs near "
             f"the limit of {str(logits.dtype).replace('torch.', '')}): Grad-CAM would be NaN. Expected normalised "
@@ -223,7 +231,7 @@ def head_gradcam(
     with torch.enable_grad():
         leaf = activations.detach().requires_grad_(True)
         logits = head(leaf)
-        _check_scores(logits)
+        _check_scores(logits, head)
         classes = resolve_targets(target, logits)
         (grad,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), leaf)
     alpha, maps = _cam(grad, leaf)
@@ -257,7 +265,7 @@ def gradcam(
         logits = model(x)
         if "A" not in store:
             raise RuntimeError(f"the layer {type(layer).__name__} did not run in the model's forward")
-        _check_scores(logits)
+        _check_scores(logits, model)
         activations = store["A"]
         classes = resolve_targets(target, logits)
         score = logits.gather(1, classes[:, None]).sum()

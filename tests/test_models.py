@@ -280,3 +280,14 @@ def test_a_recipe_of_the_other_architecture_says_which_to_use(tmp_path, capsys):
             str(resnet), "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     assert "use --arch resnet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_gradcam_blames_a_non_finite_weight_not_the_input(bad, small_vgg, random_input):
+    from lie_cam import gradcam
+
+    model = small_vgg(0)
+    with torch.no_grad():
+        model.features[0].weight[0, 0, 0, 0] = bad
+    with pytest.raises(ValueError, match=r"weights are not: features.0.weight holds 1 NaN/inf"):
+        gradcam(model, random_input(2))
