@@ -1,10 +1,13 @@
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import lie_cam.experiments.engine
-from lie_cam.data import smiley_target
+from lie_cam.data import smiley_7x7, smiley_target
 from lie_cam.metrics import summarize
 from lie_cam.experiments.report import OUTPUT_FILES
 from lie_cam.experiments.reproduce import TableTally, run_reproduction, tf32_scope
@@ -59,10 +62,41 @@ def test_the_papers_guarantees_hold(reproduction):
     assert result.row("T1")["l1_median"] < 0.05
 
 
-def test_t2_target_is_the_smiley_features():
+def authors_smiley_target() -> torch.Tensor:
+    """experiment1.py of the authors' workshop code, by hand: read_im('smiley.png', 14, 14) resizes the
+    7 x 7 black-on-white PNG to 14 x 14 with PIL's bilinear filter (each output pixel 3/4 of its nearest
+    source pixel and 1/4 of the next one, clamped at the border) and 8-bit rounding; the ImageNet
+    normalisation and the mean over RGB are affine in the grey value, and tensor_normalize maps the
+    result to [0, 1] by its minimum and maximum. So the face is 1 and the features are low."""
+    weights = torch.zeros(14, 7, dtype=torch.float64)
+    for i in range(14):
+        source = (i + 0.5) / 2 - 0.5
+        low = math.floor(source)
+        weights[i, max(low, 0)] += 1 - (source - low)
+        weights[i, min(low + 1, 6)] += source - low
+    grey = torch.floor(255 * (weights @ smiley_7x7().double() @ weights.T) + 0.5)
+    return (grey - grey.min()) / (grey.max() - grey.min())
+
+
+def test_t2_target_is_the_authors_smiley_face_high(small_vgg):
     target = smiley_target()
-    assert target.shape == (14, 14) and target.max() <= 1 and target.min() >= 0
-    assert target[2:4, 4:6].mean() > target[0:2, 0:2].mean()  # an eye is bright, the corner dark
+    assert target.dtype == torch.float32 and target.shape == (14, 14)
+    assert torch.allclose(target.double(), authors_smiley_target(), rtol=0, atol=1e-7)
+    # the same from PIL itself, as the authors' code resized smiley.png
+    face = Image.fromarray((smiley_7x7().numpy() * 255).astype(np.uint8), mode="L")
+    grey = torch.from_numpy(np.asarray(face.resize((14, 14), Image.BILINEAR)).astype(np.float64))
+    assert torch.allclose(target.double(), (grey - grey.min()) / (grey.max() - grey.min()), rtol=0, atol=1e-7)
+    # polarity: the face (a corner, the cheeks) is 1; the 8 darkest mouth pixels are 0; an eye is dark
+    assert float(target[0, 0]) == 1.0 and float(target.max()) == 1.0
+    assert int((target == 0).sum()) == 8 and bool((target[10:12][:, 5:9] == 0).all())
+    assert target[2:4, 4:6].mean() < 0.5
+    # the photographic negative (the features hot) is another target, at distance 1 somewhere
+    assert float((target - (1 - target)).abs().max()) == 1.0
+    # ... and T2's default (the reproduction's Table 1) injects exactly this target
+    from lie_cam.attacks import paper_networks
+
+    pattern = paper_networks(small_vgg(0))["T2"].explained_layer.pattern
+    assert torch.allclose(pattern / pattern.max(), target)
 
 
 def test_unknown_profile_is_rejected():
