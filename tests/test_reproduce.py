@@ -174,3 +174,48 @@ def test_the_compact_resnet_reproduces_the_tables_guarantees(tmp_path):
     assert (tmp_path / "results.json").exists()
     with pytest.raises(ValueError, match="embedded profile"):
         run_reproduction(profile="imagenette", limit=2, arch="resnet", progress=False)
+
+
+def test_the_reproduce_command_runs_with_the_authors_gradient_and_records_it(tmp_path, capsys):
+    """`reproduce --gradient masked` makes the tables with dy/dA * 1[A > 0]; run.json names the
+    gradient and the torch thread count (float32 sums, and so the score changes, depend on it)."""
+    from lie_cam.cli import main
+
+    out = tmp_path / "masked"
+    assert main(["reproduce", "--no-progress", "--device", "cpu", "--workers", "0", "--limit", "4",
+                 "--batch-size", "2", "--gradient", "masked", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["gradient"] == "masked" and run["threads"] == torch.get_num_threads()
+    assert "masked gradient" in run["description"] and "masked gradient" in (out / "table1.md").read_text()
+    rows = {(r["network"], r["data"]): r for r in json.loads((out / "results.json").read_text())}
+    eq2 = run_reproduction(profile="embedded", limit=4, batch_size=2, progress=False, workers=0)
+    assert eq2.settings["gradient"] == "eq2" and eq2.run["threads"] == torch.get_num_threads()
+    for key in rows:  # the gradient changes the maps, never the scores
+        assert rows[key]["accuracy"] == eq2.row(key[0], key[1])["accuracy"]
+    assert rows["T3", "clean"]["l1"] != eq2.row("T3")["l1"]
+    with pytest.raises(ValueError, match="gradient must be one of"):
+        run_reproduction(profile="embedded", limit=2, gradient="authors", progress=False)
+    capsys.readouterr()
+    code = main(["reproduce", "--no-progress", "--gradient", "authors", "--out", str(tmp_path / "x")])
+    assert code == 2 and "--gradient" in capsys.readouterr().err  # one line on stderr, exit code 2
+
+
+def test_the_engine_with_the_masked_gradient_equals_gradcam_on_each_network(random_input, small_vgg):
+    from lie_cam.attacks import paper_networks
+    from lie_cam.experiments.engine import Evaluator, evaluate_separately
+
+    model = small_vgg(1).double()
+    x = random_input(2, 1, torch.float64)
+    networks = paper_networks(model)
+    shared = Evaluator(model, networks, gradient="masked").run(x)
+    alone = evaluate_separately(model, networks, x, gradient="masked")
+    eq2 = evaluate_separately(model, networks, x)
+    for name in shared:
+        assert torch.allclose(shared[name].alpha, alone[name].alpha, rtol=1e-9, atol=1e-12), name
+        assert torch.allclose(shared[name].maps, alone[name].maps, rtol=1e-9, atol=1e-12), name
+    # T3: dG/dA^{K+1} = eps c_G everywhere, so the masked alpha_{K+1} is eps c_G times the share of F > 0
+    share = (shared["T3"].extra > 0).double().mean(dim=(1, 2))
+    assert torch.allclose(shared["T3"].alpha[:, -1], 100 * share, rtol=1e-9)
+    assert torch.allclose(eq2["T3"].alpha[:, -1], torch.full((2,), 100.0, dtype=torch.float64), rtol=1e-9)
+    with pytest.raises(ValueError, match="gradient must be one of"):
+        Evaluator(model, networks, gradient="Eq. 2")

@@ -3,7 +3,8 @@
 `Reproduction` holds what a run measured (`lie_cam.experiments.reproduce.run_reproduction` makes it):
 one row per (network, data) with the paper's metrics (`lie_cam.metrics`), and the examples
 drawn in Figures 1 and 3. `write(out)` produces table1/2 (.md, .csv), results.json (the rows),
-run.json (how the run was made: settings, world_size, images_per_rank, seconds) and the figures.
+run.json (how the run was made: settings, among them Grad-CAM's `gradient`; world_size, images_per_rank,
+the torch CPU `threads` of each process, seconds) and the figures.
 """
 
 from __future__ import annotations
