@@ -103,6 +103,7 @@ def _add_reproduce(commands: argparse._SubParsersAction) -> None:
                      help="reduced-precision trunk; the manipulations' large constants stay in float32/64")
     rep.add_argument("--arch", choices=["vgg", "resnet"], default="vgg",
                      help="resnet: the compact ResNet trained on the synthetic scenes (embedded profile)")
+    # the names of lie_cam.gradcam.GRADIENTS, not imported here: that would load torch before parsing
     rep.add_argument("--gradient", choices=["eq2", "masked"], default="eq2",
                      help="Grad-CAM's gradient: eq2 (Eq. 2 as written, after A's ReLU; default) or masked "
                           "(the authors' code: dy/dA * 1[A > 0], behind the paper's numbers)")

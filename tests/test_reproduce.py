@@ -196,6 +196,16 @@ def test_the_reproduce_command_runs_with_the_authors_gradient_and_records_it(tmp
     with pytest.raises(ValueError, match="gradient must be one of"):
         run_reproduction(profile="embedded", limit=2, gradient="authors", progress=False)
     capsys.readouterr()
+    import argparse
+
+    from lie_cam.cli import COMMANDS
+    from lie_cam.gradcam import GRADIENTS
+
+    commands = argparse.ArgumentParser().add_subparsers()
+    for add in COMMANDS:
+        add(commands)
+    option = next(a for a in commands.choices["reproduce"]._actions if "--gradient" in a.option_strings)
+    assert tuple(option.choices) == GRADIENTS  # the command line offers exactly gradcam's gradients
     code = main(["reproduce", "--no-progress", "--gradient", "authors", "--out", str(tmp_path / "x")])
     assert code == 2 and "--gradient" in capsys.readouterr().err  # one line on stderr, exit code 2
 
