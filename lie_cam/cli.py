@@ -67,6 +67,10 @@ def _add_reproduce(commands: argparse._SubParsersAction) -> None:
                      help="reduced-precision trunk; the manipulations' large constants stay in float32/64")
     rep.add_argument("--arch", choices=["vgg", "resnet"], default="vgg",
                      help="resnet: the compact ResNet trained on the synthetic scenes (embedded profile)")
+    # the names of lie_cam.gradcam.GRADIENTS, not imported here: that would load torch before parsing
+    rep.add_argument("--gradient", choices=["eq2", "masked"], default="eq2",
+                     help="Grad-CAM's gradient: eq2 (Eq. 2 as written, after A's ReLU; default) or masked "
+                          "(the authors' code: dy/dA * 1[A > 0], behind the paper's numbers)")
     rep.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (off by default for fidelity)")
     rep.add_argument("--batch-size", type=positive_int, default=50)
     rep.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers")
@@ -86,7 +90,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     autocast = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    check_settings(args.profile, args.limit, args.batch_size, dtypes[args.dtype], args.workers, args.data, args.arch)
+    check_settings(args.profile, args.limit, args.batch_size, dtypes[args.dtype], args.workers, args.data, args.arch,
+                   args.gradient)
     device = check_device(args.device)
     if distributed.rank_from_environment() == 0:  # only rank 0 writes
         check_output_dir(args.out)
@@ -95,7 +100,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         result = run_reproduction(profile=args.profile, data=args.data, limit=args.limit, device=device,
                                   dtype=dtypes[args.dtype], out=args.out, batch_size=args.batch_size,
                                   checkpoint=args.checkpoint, autocast_dtype=autocast[args.autocast], tf32=args.tf32,
-                                  workers=args.workers, progress=not args.no_progress, arch=args.arch)
+                                  workers=args.workers, progress=not args.no_progress, arch=args.arch,
+                                  gradient=args.gradient)
     finally:
         distributed.close()
     if group.is_main:

@@ -213,16 +213,26 @@ def smiley() -> torch.Tensor:
 
 
 def smiley_target(size: int = 14) -> torch.Tensor:
-    """T2's target explanation I_T: the 7 x 7 smiley's features (eyes, nose, mouth = 1, face = 0)
-    bilinearly upsampled to size x size, as the authors' code did (the text says a 14 x 14 smiley).
-    The one definition used by the CLI, the book and the tests."""
+    """T2's target explanation I_T, built as the authors' code built it (`experiment1.py` of the
+    workshop version): the 7 x 7 black-on-white smiley (face 1, eyes, nose and mouth 0) resized
+    bilinearly to size x size as PIL resizes the 8-bit PNG (antialiased, rounded to 1/255), then
+    min-max normalised: I_T = (q - min q) / (max q - min q), q = round(255 * resize(smiley_7x7())).
+
+    So the face is high (1) and the features low: at 14 x 14 the 8 mouth pixels of the bilinear
+    image's minimum (0.25 of white) are 0, and max I_T = 1. (The paper's text says a 14 x 14
+    smiley; its photographic negative, features high, is another target.) The one definition used
+    by the CLI, the book and the tests."""
     from torch.nn import functional as F
 
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive int (the side of A), got {size!r}")
-    features = 1.0 - smiley_7x7()
-    upsampled = F.interpolate(features[None, None], size=(size, size), mode="bilinear", align_corners=False)
-    return upsampled[0, 0].clamp_min(0)
+    face = smiley_7x7().double()[None, None]
+    resized = F.interpolate(face, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+    grey = torch.floor(resized * 255 + 0.5)  # PIL's 8-bit result, rounded half up
+    low, high = grey.min(), grey.max()
+    if high == low:  # a 1 x 1 target: one pixel, the face's grey
+        return torch.ones(size, size)
+    return ((grey - low) / (high - low)).float()
 
 
 def sticker_positions(seed: int, count: int = 3, image_size: int = IMAGE_SIZE, low: int = 14, high: int = 210,

@@ -7,6 +7,17 @@ of the last convolutional layer after its ReLU, before pooling:
     I       = ReLU( sum_k alpha_k A^k )                         (Eq. 1)
     I~      = I / max_ij I      (an all-zero map stays all zero)
 
+`gradient` names the gradient in Eq. 2:
+
+    "eq2"     dy_c/dA^k_ij taken after the ReLU that makes A, as Eq. 2 writes it (and as captum
+              and pytorch-grad-cam compute it). The default.
+    "masked"  dy_c/dA^k_ij * 1[A^k_ij > 0], the gradient of the authors' code, whose hook sits on
+              conv5_3's output *before* VGG's in-place ReLU (the ReLU's derivative is 0 where A = 0).
+              The paper's table numbers were made with it.
+
+The two differ only where A^k_ij = 0 while dy_c/dA^k_ij != 0: in a VGG, a 2 x 2 max-pool window
+whose four values are all 0 still routes its gradient to one of them.
+
 Gradients are computed only from the scores down to A: the trunk below A runs
 without autograd, no parameter gradient is formed, and the backward pass covers
 the head alone.
@@ -34,7 +45,11 @@ __all__ = [
     "upsample",
     "resolve_targets",
     "check_finite",
+    "GRADIENTS",
+    "check_gradient",
 ]
+
+GRADIENTS = ("eq2", "masked")  # Eq. 2 as written; the authors' code (masked where A = 0)
 
 
 @dataclass
@@ -207,8 +222,19 @@ def _check_scores(logits: torch.Tensor, model: object = None) -> None:
             "images (values of order 1); try float64 or smaller inputs")
 
 
-def _cam(grad: torch.Tensor, activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha_k = mean_ij dy_c/dA^k_ij (Eq. 2) and I = ReLU(sum_k alpha_k A^k) (Eq. 1)."""
+def check_gradient(gradient: str) -> str:
+    """`gradient` if it names one of `GRADIENTS`, else ValueError naming the argument."""
+    if not isinstance(gradient, str) or gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {GRADIENTS} ('eq2': Eq. 2 as written; 'masked': the authors' "
+                         f"code, dy/dA * 1[A > 0]), got {gradient!r}")
+    return gradient
+
+
+def _cam(grad: torch.Tensor, activations: torch.Tensor, gradient: str = "eq2") -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha_k = mean_ij dy_c/dA^k_ij (Eq. 2; gradient="masked": mean_ij dy_c/dA^k_ij 1[A^k_ij > 0])
+    and I = ReLU(sum_k alpha_k A^k) (Eq. 1)."""
+    if gradient == "masked":
+        grad = grad * (activations.detach() > 0)
     alpha = grad.mean(dim=(2, 3))
     maps = torch.relu(torch.einsum("bk,bkhw->bhw", alpha, activations.detach()))
     if not bool(torch.isfinite(maps).all()):
@@ -220,12 +246,15 @@ def head_gradcam(
     head: Callable[[torch.Tensor], torch.Tensor],
     activations: torch.Tensor,
     target: int | Sequence[int] | torch.Tensor | None = None,
+    gradient: str = "eq2",
 ) -> GradCAMResult:
     """Grad-CAM from A itself: y = head(A), dy_c/dA by a backward through the head only.
 
     For callers that already hold A (B x K x H x W), such as `lie_cam.experiments.engine`, which runs the
     trunk once for several networks; `gradcam` is this with A taken from a forward hook.
+    gradient: "eq2" (default) or "masked" (the authors' code), as for `gradcam`.
     """
+    check_gradient(gradient)
     if not isinstance(activations, torch.Tensor) or activations.dim() != 4:
         raise ValueError(f"expected A of shape B x K x H x W, got {getattr(activations, 'shape', type(activations))}")
     with torch.enable_grad():
@@ -234,7 +263,7 @@ def head_gradcam(
         _check_scores(logits, head)
         classes = resolve_targets(target, logits)
         (grad,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), leaf)
-    alpha, maps = _cam(grad, leaf)
+    alpha, maps = _cam(grad, leaf, gradient)
     return GradCAMResult(maps=maps, logits=logits.detach(), classes=classes, alpha=alpha)
 
 
@@ -244,6 +273,7 @@ def gradcam(
     target: int | Sequence[int] | torch.Tensor | None = None,
     layer: nn.Module | None = None,
     allow_training: bool = False,
+    gradient: str = "eq2",
 ) -> GradCAMResult:
     """Batched Grad-CAM of `model` on `x` (B x 3 x H x W, already normalised).
 
@@ -251,7 +281,11 @@ def gradcam(
     layer:  the module whose output is A; default `target_layer(model)`. Any module that outputs
             B x K x H x W works, a Conv2d followed by an in-place ReLU included.
     The model must be in eval mode (dropout would make the scores random), unless allow_training.
+    gradient: "eq2" (default): alpha_k = mean_ij dy_c/dA^k_ij, Eq. 2 with the gradient after A's ReLU;
+            "masked": alpha_k = mean_ij dy_c/dA^k_ij * 1[A^k_ij > 0], the authors' code (their hook on
+            the conv output before the ReLU), behind the paper's table numbers. See the module docstring.
     """
+    check_gradient(gradient)
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"expected an input batch B x C x H x W (a torch.Tensor), got "
                          f"{type(x).__name__}{' of shape ' + str(tuple(x.shape)) if hasattr(x, 'shape') else ''}")
@@ -270,5 +304,5 @@ def gradcam(
         classes = resolve_targets(target, logits)
         score = logits.gather(1, classes[:, None]).sum()
         (grad,) = torch.autograd.grad(score, activations)
-    alpha, maps = _cam(grad, activations)
+    alpha, maps = _cam(grad, activations, gradient)
     return GradCAMResult(maps=maps, logits=logits.detach(), classes=classes, alpha=alpha)

@@ -123,3 +123,57 @@ def test_upsample_shape():
     assert upsample(torch.rand(2, 14, 14), 224).shape == (2, 224, 224)
     with pytest.raises(ValueError):
         upsample(torch.rand(14, 14))
+
+
+# --- the authors' gradient (gradient="masked") ---------------------------------------------------
+
+def authors_gradcam(model, x, classes):
+    """The authors' Grad-CAM by hand: the gradient taken on conv5_3's output *before* its ReLU (their
+    hook), alpha_k its mean over pixels, A = ReLU(conv5_3); also returns A and dy/dA after the ReLU."""
+    features = model.features
+    pre = features[:29](x)  # conv5_3's output, before the ReLU at index 29
+    pre.retain_grad()
+    a = torch.relu(pre)  # not in place, so that both gradients survive
+    a.retain_grad()
+    logits = model.classifier(torch.flatten(model.avgpool(features[30:](a)), 1))
+    logits.gather(1, classes[:, None]).sum().backward()
+    alpha = pre.grad.mean(dim=(2, 3))
+    maps = torch.relu(torch.einsum("bk,bkhw->bhw", alpha, a.detach()))
+    return alpha, maps, a.detach(), a.grad
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_masked_gradient_is_the_authors_pre_relu_hook(random_input, small_vgg, seed):
+    model = small_vgg(seed, 1 / 16, torch.float64)
+    x = random_input(3, seed, torch.float64)
+    result = gradcam(model, x, gradient="masked")
+    alpha, maps, a, grad_after = authors_gradcam(model, x, result.classes)
+    assert torch.allclose(result.alpha, alpha, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(result.maps, maps, rtol=1e-10, atol=1e-14)
+    # the same thing written as the module docstring states it: mean_ij dy/dA * 1[A > 0]
+    assert torch.allclose(result.alpha, (grad_after * (a > 0)).mean(dim=(2, 3)), rtol=1e-10, atol=1e-14)
+
+
+def test_masked_gradient_differs_from_eq2_exactly_where_a_is_zero_under_a_gradient(random_input, small_vgg):
+    model = small_vgg(0, 1 / 16, torch.float64)
+    x = random_input(3, 0, torch.float64)
+    eq2, masked = gradcam(model, x), gradcam(model, x, gradient="masked")
+    assert torch.equal(eq2.classes, masked.classes)
+    _, _, a, grad_after = authors_gradcam(model, x, eq2.classes)
+    assert torch.allclose(eq2.alpha, grad_after.mean(dim=(2, 3)), rtol=1e-10, atol=1e-14)  # Eq. 2 as written
+    hidden = (a == 0) & (grad_after != 0)  # all-zero max-pool windows still route their gradient
+    assert bool(hidden.any())
+    differs = hidden.any(dim=(2, 3))
+    # channels with such a pixel: alpha differs by the masked-out gradient; all others are equal
+    gap = (grad_after * hidden).mean(dim=(2, 3))
+    assert torch.allclose(eq2.alpha - masked.alpha, gap, rtol=1e-10, atol=1e-14)
+    assert bool((gap[differs] != 0).all())
+    assert torch.equal(eq2.alpha[~differs], masked.alpha[~differs])
+    assert not torch.allclose(eq2.maps, masked.maps)
+
+
+def test_gradient_must_be_named(random_input, vgg):
+    x = random_input(1)
+    for bad in ("authors", "", None, 1):
+        with pytest.raises(ValueError, match="gradient must be one of"):
+            gradcam(vgg, x, gradient=bad)

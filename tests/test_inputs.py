@@ -167,11 +167,11 @@ def test_a_safetensors_file_of_another_model_says_what_was_expected(tmp_path):
 
 # --- one definition of each piece of knowledge -------------------------------------------
 
-def test_the_smiley_target_is_the_smileys_features_and_t2_uses_it(small_vgg):
+def test_the_smiley_target_is_the_authors_smiley_and_t2_uses_it(small_vgg):
     target = smiley_target(14)
-    assert target.shape == (14, 14) and float(target.min()) == 0.0 and float(target.max()) > 0
-    # the face (white in the sticker) is cold, the features (black in the sticker) are hot
-    assert float(target[0, 0]) == 0.0 and float(target[3, 5]) > 0.5
+    assert target.shape == (14, 14) and float(target.min()) == 0.0 and float(target.max()) == 1.0
+    # the authors' polarity: the face (white in the sticker) is hot, the features (black) are cold
+    assert float(target[0, 0]) == 1.0 and float(target[3, 5]) < 0.5
     t2 = surgery.paper_networks(small_vgg(0))["T2"]
     assert torch.allclose(t2.explained_layer.pattern / t2.explained_layer.pattern.max(), target / target.max())
 

@@ -10,6 +10,8 @@ and per network only the rest, which the manipulated model computes itself:
     (`lie_cam.gradcam.head_gradcam`). `run_split` evaluates two batches held in one tensor (clean
 and stickered images) in one trunk pass, each network on the part it is asked for.
 Results equal evaluating each network on its own with `lie_cam.gradcam` (tests pin this).
+`gradient` ("eq2", the default, or "masked", the authors' code) picks Eq. 2's gradient for every
+network, as `lie_cam.gradcam.gradcam` documents.
 
 Networks the engine cannot share a trunk with are evaluated on their own with a full
 forward (`lie_cam.gradcam.gradcam`): all of them when the original is not a torchvision VGG,
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 
 from lie_cam.anatomy import Cut, cut_at_a
-from lie_cam.gradcam import GradCAMResult, check_finite, gradcam, head_gradcam
+from lie_cam.gradcam import GradCAMResult, check_finite, check_gradient, gradcam, head_gradcam
 
 __all__ = ["Evaluator", "evaluate_separately"]
 
@@ -83,10 +85,12 @@ class Evaluator:
     logits, explained classes (each network's own argmax), raw maps, and for the networks on the
     shared trunk `.extra` = A^{K+1}, whose normalised value is the technique's target explanation.
     `shared` / `alone` name the networks evaluated on the shared trunk and on their own.
+    gradient: Eq. 2's gradient for every network, "eq2" (default) or "masked" (the authors' code).
     """
 
     def __init__(self, original: nn.Module, networks: Mapping[str, nn.Module],
-                 autocast_dtype: torch.dtype | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None, gradient: str = "eq2") -> None:
+        self.gradient = check_gradient(gradient)
         if "original" in networks:
             raise ValueError("'original' is reserved for the unmanipulated network")
         if autocast_dtype not in (None, torch.bfloat16, torch.float16):
@@ -167,7 +171,7 @@ class Evaluator:
                 results[name] = self._shared(name, h[local], pre[local], x[part], target)
             else:
                 network = self.original if name == "original" else self.networks[name]
-                results[name] = gradcam(network, x[part], target=target)
+                results[name] = gradcam(network, x[part], target=target, gradient=self.gradient)
         return results
 
     def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,11 +188,11 @@ class Evaluator:
         if name == "original":
             with torch.no_grad():
                 a = self.parts.activation(pre.clone())  # the ReLU may work in place: pre is shared
-            return head_gradcam(self.parts.head, a, target)
+            return head_gradcam(self.parts.head, a, target, gradient=self.gradient)
         network = self.networks[name]
         with torch.no_grad():
             a = network.activations_from(h, x, original_pre=pre)
-        result = head_gradcam(network.head, a, target)
+        result = head_gradcam(network.head, a, target, gradient=self.gradient)
         result.extra = a[:, -1]
         return result
 
@@ -201,8 +205,8 @@ def _covering(rows: dict[str, slice], names: list[str], batch: int) -> slice:
 
 
 def evaluate_separately(original: nn.Module, networks: Mapping[str, nn.Module], x: torch.Tensor,
-                        names: Iterable[str] | None = None) -> dict[str, GradCAMResult]:
+                        names: Iterable[str] | None = None, gradient: str = "eq2") -> dict[str, GradCAMResult]:
     """The naive baseline: every network on its own with `lie_cam.gradcam` (a full forward each)."""
     everything = {"original": original, **networks}
     names = list(everything) if names is None else list(names)
-    return {name: gradcam(everything[name], x) for name in names}
+    return {name: gradcam(everything[name], x, gradient=gradient) for name in names}

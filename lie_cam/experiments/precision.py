@@ -371,6 +371,7 @@ def write_precision(out: str | Path, limit: int = 64, progress: bool = True) -> 
                 "mantissa in the forward pass (biases, accumulation and the backward stay float32)",
         "score_change": "max over images of max_c |y_n,c - y_o,c|, the original evaluated in the same setting",
         "rows": rows, "sign_failure": signs, "seconds": round(time.time() - started, 1),
+        "threads": torch.get_num_threads(),  # float32 sums, and so the measured score changes, depend on it
     }
     with staged_output(out, PRECISION_FILES) as stage:
         (stage / "precision.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -3,9 +3,10 @@
 `Reproduction` holds what a run measured (`lie_cam.experiments.reproduce.run_reproduction` makes it):
 one row per (network, data) with the paper's metrics (`lie_cam.metrics`), and the examples
 drawn in Figures 1 and 3. `write(out)` produces table1/2 (.md, .csv), results.json (the rows),
-reproduce.json (how the run was made: settings, world_size, images_per_rank, seconds) and the figures,
-all at once (`lie_cam.experiments.output.staged_output`: after a Ctrl-C the folder holds all of
-them or the earlier run's).
+reproduce.json (how the run was made: settings, among them Grad-CAM's `gradient`; world_size,
+images_per_rank, the torch CPU `threads` of each process, seconds) and the figures, all at once
+(`lie_cam.experiments.output.staged_output`: after a Ctrl-C the folder holds all of them or the
+earlier run's).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Evaluates the original network and T1-T4 on clean images, and the original and T4 on
 the same images with three stickers each, with the paper's metrics (`lie_cam.metrics`):
 accuracy, mean over images of max_c |y_o - y_n|, mean over images of sum_ij |I~_T - I~_n|.
-Targets I~_T are each manipulation's own (`ManipulatedVGG.target_explanation`).
+Targets I~_T are each manipulation's own (`ManipulatedVGG.target_explanation`). Grad-CAM's
+gradient is Eq. 2's as written by default (`gradient="eq2"`); `gradient="masked"` is the authors'
+code's, dy_c/dA * 1[A > 0], with which the paper's numbers were made (`lie_cam.gradcam`).
 
 Every table entry is a count, a sum or a maximum over images (plus the median of the L1
 distances, from the per-image values), so a run split over processes (`lie_cam.experiments.distributed`,
@@ -29,7 +31,7 @@ from lie_cam.data import SPLITS, STICKER_SEED, SyntheticScenes, paste_stickers
 from lie_cam.experiments import distributed
 from lie_cam.experiments.engine import Evaluator
 from lie_cam.experiments.report import PAPER_TABLE1, PAPER_TABLE2, Reproduction, check_output_dir
-from lie_cam.gradcam import GradCAMResult
+from lie_cam.gradcam import GradCAMResult, check_gradient
 from lie_cam.imagenet import load_profile, make_loader
 from lie_cam.metrics import l1_distance, pointing_hits, score_change, top1_correct
 from lie_cam.models import load_embedded, load_embedded_resnet, load_vgg16
@@ -153,9 +155,10 @@ class TableTally:
 
 
 def check_settings(profile: str, limit: int | None, batch_size: int, dtype: torch.dtype,
-                   workers: int | None, data: str | None = None, arch: str = "vgg") -> None:
+                   workers: int | None, data: str | None = None, arch: str = "vgg", gradient: str = "eq2") -> None:
     """ValueError/TypeError for arguments no run can use, before anything is loaded."""
     check_profile(profile)
+    check_gradient(gradient)
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
     if arch == "resnet" and profile != "embedded":
@@ -292,6 +295,7 @@ def run_reproduction(
     progress: bool = True,
     model: nn.Module | None = None,
     arch: str = "vgg",
+    gradient: str = "eq2",
 ) -> Reproduction:
     """Run the tables' evaluation and (if `out` is given) write the tables, results.json, reproduce.json
     and figures there, all at once (rank 0 only, in a distributed run).
@@ -299,8 +303,10 @@ def run_reproduction(
     Everything is checked before any work: the arguments, `out`, the device, the data source and
     the model (`checkpoint`, or an already loaded `model`, which is moved to device and dtype).
     Inside a torch.distributed process group (torchrun) each process evaluates its shard of
-    whole batches (`lie_cam.experiments.distributed.shard`) and the rows are combined over all of them."""
-    check_settings(profile, limit, batch_size, dtype, workers, data, arch)
+    whole batches (`lie_cam.experiments.distributed.shard`) and the rows are combined over all of them.
+    gradient: Grad-CAM's gradient, "eq2" (default) or "masked" (the authors' code); the run record
+    (`settings`) names it, and `run` the torch CPU threads (float32 sums depend on their number)."""
+    check_settings(profile, limit, batch_size, dtype, workers, data, arch, gradient)
     if model is not None and checkpoint is not None:
         raise ValueError("give a checkpoint or a loaded model, not both")
     group = distributed.current()
@@ -316,7 +322,7 @@ def run_reproduction(
     with tf32_scope(tf32):
         model = model.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
         networks = paper_networks(model)
-        evaluator = Evaluator(model, networks, autocast_dtype=autocast_dtype)
+        evaluator = Evaluator(model, networks, autocast_dtype=autocast_dtype, gradient=gradient)
         pixels = feature_size(model) ** 2
         keys = [("clean", name) for name in evaluator.names] + [("sticker", "original"), ("sticker", "T4")]
         tally = TableTally(keys, device, pointing=profile == "embedded")
@@ -338,9 +344,11 @@ def run_reproduction(
     images_per_rank = distributed.all_gather_counts(len(indices), group)
     settings = {"profile": profile, "limit": limit, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
                 "batch_size": batch_size, "autocast": None if autocast_dtype is None else str(autocast_dtype),
-                "tf32": tf32, "arch": arch}
+                "tf32": tf32, "arch": arch, "gradient": gradient}
     run = {"world_size": group.world_size, "images_per_rank": images_per_rank,
-           "backend": group.backend, "torch": torch.__version__}
+           "backend": group.backend, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if gradient == "masked":
+        description += "; Grad-CAM with the authors' masked gradient"
     reproduction = Reproduction(profile, description, rows, examples, time.time() - started, settings, run)
     if out is not None and group.is_main:
         reproduction.write(out)
