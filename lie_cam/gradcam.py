@@ -34,6 +34,7 @@ __all__ = [
     "upsample",
     "resolve_targets",
     "check_finite",
+    "non_finite_weights",
 ]
 
 
@@ -191,8 +192,26 @@ def _check_eval(model: nn.Module, allow_training: bool) -> None:
             "(or pass allow_training=True if that is what you want)")
 
 
-def _check_scores(logits: torch.Tensor) -> None:
+def non_finite_weights(model: object) -> list[str]:
+    """The names of `model`'s parameters and buffers holding NaN or infinity ([] for a callable that is
+    not an nn.Module or the bound method of one, such as `ManipulatedModel.head`)."""
+    module = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
+    if not isinstance(module, nn.Module):
+        return []
+    named = [*module.named_parameters(), *module.named_buffers()]
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _check_scores(logits: torch.Tensor, model: object = None) -> None:
+    """ValueError if the scores are not finite: naming the model's non-finite weights when it has any,
+    else the likely overflow of the input."""
     if not bool(torch.isfinite(logits).all()):
+        bad = non_finite_weights(model)
+        if bad:
+            raise ValueError(
+                f"the model's scores are not finite because its weights are not: {', '.join(bad[:5])}"
+                f"{f' (and {len(bad) - 5} more)' if len(bad) > 5 else ''} hold NaN or infinite values. "
+                "Expected finite weights: check the model file or what modified the model")
         raise ValueError(
             "the model's scores are not finite for this input (an overflow inside the network, e.g. inputs near "
             f"the limit of {str(logits.dtype).replace('torch.', '')}): Grad-CAM would be NaN. Expected normalised "
@@ -223,7 +242,7 @@ def head_gradcam(
     with torch.enable_grad():
         leaf = activations.detach().requires_grad_(True)
         logits = head(leaf)
-        _check_scores(logits)
+        _check_scores(logits, head)
         classes = resolve_targets(target, logits)
         (grad,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), leaf)
     alpha, maps = _cam(grad, leaf)
@@ -257,7 +276,7 @@ def gradcam(
         logits = model(x)
         if "A" not in store:
             raise RuntimeError(f"the layer {type(layer).__name__} did not run in the model's forward")
-        _check_scores(logits)
+        _check_scores(logits, model)
         activations = store["A"]
         classes = resolve_targets(target, logits)
         score = logits.gather(1, classes[:, None]).sum()
