@@ -153,3 +153,10 @@ def test_tpr_at_fpr_one_flags_everything():
 def test_detector_arguments_are_checked_by_name(small_vgg, random_input, call, message):
     with pytest.raises(ValueError, match=message):
         call(small_vgg(), random_input(1))
+
+
+def test_architecture_and_score_all_refuse_what_is_not_a_model_or_a_detector(small_vgg, random_input):
+    with pytest.raises(TypeError, match="expected an nn.Module or the path of a weights file"):
+        detectors.architecture_problems(42)
+    with pytest.raises(TypeError, match="detectors must be a sequence of Detector"):
+        detectors.score_all(small_vgg(), random_input(1), detectors=("b",))

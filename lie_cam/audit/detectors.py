@@ -109,6 +109,7 @@ def architecture_problems(model: ModelLike) -> list[str]:
     with extra submodules, parameters or buffers, or a state_dict whose keys/shapes are not VGG's."""
     if isinstance(model, (str, Path)):
         return vgg_state_dict_problems(read_state_dict(model))
+    model = as_model(model)  # TypeError naming what is expected for anything but a module or a path
     from lie_cam.compat import import_torchvision
 
     import_torchvision()
@@ -379,4 +380,6 @@ def tpr_at_fpr(clean: list[float] | torch.Tensor, attacked: list[float] | torch.
 
 def score_all(model: ModelLike, x: torch.Tensor, detectors: tuple[Detector, ...] = DETECTORS) -> dict[str, float]:
     """Every detector's score for one model on the clean images x."""
+    if isinstance(detectors, Detector) or not all(isinstance(d, Detector) for d in detectors):
+        raise TypeError("detectors must be a sequence of Detector entries (e.g. a selection of DETECTORS)")
     return {d.key: float(d.function(model, x) if d.needs_clean_data else d.function(model)) for d in detectors}
