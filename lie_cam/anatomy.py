@@ -44,6 +44,7 @@ __all__ = [
     "ResNetParts",
     "split_resnet",
     "is_resnet",
+    "resnet_mismatch",
     "halvings",
     "feature_size",
     "pool_for_classifier",
@@ -203,6 +204,10 @@ def split_vgg(model: nn.Module) -> VGGParts:
     avgpool = getattr(model, "avgpool", None)
     classifier = getattr(model, "classifier", None)
     if not (isinstance(features, nn.Sequential) and isinstance(avgpool, nn.Module) and isinstance(classifier, nn.Sequential)):
+        if hasattr(model, "layer4") or hasattr(model, "fc"):  # a ResNet the surgery cannot cut: say why
+            raise TypeError(f"the model ({type(model).__name__}) has a ResNet's layout but {resnet_mismatch(model)}; expected a "
+                            "torchvision ResNet: conv1, bn1, relu, maxpool, layer1..layer4 (nn.Sequential of blocks), "
+                            "avgpool and fc = nn.Linear")
         raise TypeError(f"{EXPECTED}; got {type(model).__name__} without that structure")
     modules = list(features)
     convs = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d)]
@@ -275,12 +280,26 @@ def is_resnet(model: nn.Module) -> bool:
             and isinstance(getattr(model, "fc", None), nn.Linear))
 
 
+def resnet_mismatch(model: nn.Module) -> str:
+    """What keeps `model` from a torchvision ResNet's layout (`is_resnet`), in words ("" if nothing)."""
+    missing = [n for n in (*_RESNET_STEM, "layer1", "layer2", "layer3", "layer4", "avgpool", "fc") if not hasattr(model, n)]
+    if missing:
+        return f"it has no {', '.join(missing)}"
+    if not isinstance(model.layer4, nn.Sequential):
+        return f"`layer4` is of type {type(model.layer4).__name__}, not an nn.Sequential of blocks"
+    if not isinstance(model.fc, nn.Linear):
+        return (f"`fc` is of type {type(model.fc).__name__}, not an nn.Linear (the surgery widens the logits layer; a "
+                "head such as Sequential(Dropout, Linear) must be replaced by its Linear for evaluation)")
+    return "it was already manipulated" if is_manipulated(model) else ""
+
+
 def split_resnet(model: nn.Module) -> ResNetParts:
     """The parts of a torchvision ResNet (BasicBlock or Bottleneck, any depth or width) around A."""
     expected = ("expected a torchvision ResNet: conv1, bn1, relu, maxpool, layer1..layer4 (nn.Sequential of "
                 "blocks), avgpool = AdaptiveAvgPool2d(1) and fc = nn.Linear")
     if not is_resnet(model):
-        raise TypeError(f"{expected}; got {type(model).__name__}")
+        why = resnet_mismatch(model) if isinstance(model, nn.Module) else ""
+        raise TypeError(f"{expected}; got {type(model).__name__}{': ' + why if why else ''}")
     if len(model.layer4) == 0:
         raise TypeError(f"{expected}; layer4 has no block")
     pool = model.avgpool

@@ -47,6 +47,7 @@ __all__ = [
     "check_finite",
     "GRADIENTS",
     "check_gradient",
+    "non_finite_weights",
 ]
 
 GRADIENTS = ("eq2", "masked")  # Eq. 2 as written; the authors' code (masked where A = 0)
@@ -206,16 +207,26 @@ def _check_eval(model: nn.Module, allow_training: bool) -> None:
             "(or pass allow_training=True if that is what you want)")
 
 
+def non_finite_weights(model: object) -> list[str]:
+    """The names of `model`'s parameters and buffers holding NaN or infinity ([] for a callable that is
+    not an nn.Module or the bound method of one, such as `ManipulatedModel.head`)."""
+    module = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
+    if not isinstance(module, nn.Module):
+        return []
+    named = [*module.named_parameters(), *module.named_buffers()]
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def _check_scores(logits: torch.Tensor, model: object = None) -> None:
-    """ValueError when a score is NaN or inf: naming the model's first non-finite weight if it has one
-    (a corrupted model), else an overflow for this input."""
+    """ValueError if the scores are not finite: naming the model's non-finite weights when it has any,
+    else the likely overflow of the input."""
     if not bool(torch.isfinite(logits).all()):
-        if isinstance(model, nn.Module):
-            for name, value in model.state_dict().items():
-                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                    raise ValueError(f"the model's scores are not finite because its weights are not: {name} holds "
-                                     f"{int((~torch.isfinite(value)).sum())} NaN/inf value(s) (a corrupted model, "
-                                     "not the input)")
+        bad = non_finite_weights(model)
+        if bad:
+            raise ValueError(
+                f"the model's scores are not finite because its weights are not: {', '.join(bad[:5])}"
+                f"{f' (and {len(bad) - 5} more)' if len(bad) > 5 else ''} hold NaN or infinite values. "
+                "Expected finite weights: check the model file or what modified the model")
         raise ValueError(
             "the model's scores are not finite for this input (an overflow inside the network, e.g. inputs near "
             f"the limit of {str(logits.dtype).replace('torch.', '')}): Grad-CAM would be NaN. Expected normalised "

@@ -350,3 +350,106 @@ def test_pool_for_classifier_skips_only_identity_pools():
     assert torch.equal(anatomy.pool_for_classifier(shrinking, z), shrinking(z))
     z9 = torch.randn(2, 5, 9, 9)  # a 288 x 288 input: the pool does work
     assert torch.equal(anatomy.pool_for_classifier(identity, z9), identity(z9))
+
+
+# --- constants whose terms would overflow A's dtype (issue 23) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("call,named", [
+    (lambda m: S.constant_flat(m, c_A=1e36), "c_A"),
+    (lambda m: S.constant_flat(m, c_A=1e33), "c_A <= .* with c_W = 100"),  # the folded bias c_A c_W N_Z
+    (lambda m: S.constant_flat(m, c_W=1e300), "c_W"),
+    (lambda m: S.constant_flat(m, c_W=-1e39, build="safe"), "c_W"),
+    (lambda m: S.constant_image(m, smiley_target(), c_I=1e40), "c_I"),
+    (lambda m: S.constant_image(m, smiley_target() * 1e30, c_I=1e7), "c_I"),  # the size of I_T counts too
+    (lambda m: S.semi_random(m, c_F=1e40), "c_F"),
+    (lambda m: S.semi_random(m, c_G=1e30), "c_G"),
+    (lambda m: S.semi_random(m, c_F=1e-40), "c_F = 1e-40 is too small"),
+    (lambda m: S.backdoor(m, smiley(), c_F=1e40), "c_F"),
+    (lambda m: S.backdoor(m, smiley(), margin=0.0), "margin"),
+])
+def test_constants_out_of_range_are_refused_by_name(small_vgg, call, named):
+    with pytest.raises(ValueError, match=named):
+        call(small_vgg(0))
+
+
+def test_constants_in_range_give_finite_scores_near_the_limit(small_vgg, random_input):
+    """The largest constants the checks let through still give finite scores and maps; the next decade does not."""
+    model, x = small_vgg(0), random_input(2)
+    for net in (S.constant_flat(model, c_A=1e30, c_W=100.0), S.semi_random(model, c_F=1e20),
+                S.constant_flat(model.double(), c_A=1e36), S.semi_random(model.double(), c_F=1e40)):
+        result = gradcam(net, x.to(next(net.parameters()).dtype))
+        assert bool(torch.isfinite(result.logits).all()) and bool(torch.isfinite(result.maps).all())
+
+
+# --- T3's cheap branch never vanishes (issue 23) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scenes_and_noise() -> torch.Tensor:
+    """Test scenes 0-49 and 136 and ten uniform noise images: for branch seeds 1, 13 and 18 they hold images on
+    which the unfloored cheap branch is 0 everywhere (seed 1: scenes 8, 22, 45, 49 and most noise images;
+    seed 13: scenes 20, 40; seed 18: scene 136)."""
+    from lie_cam.data import synthetic_split
+
+    scenes = torch.cat([synthetic_split("test", 50)[0], synthetic_split("test", 1, start=136)[0]])
+    noise = torch.rand(10, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return torch.cat([scenes, noise])
+
+
+@pytest.mark.parametrize("seed", [1, 13, 18])
+def test_t3_default_branch_is_positive_everywhere(scenes_and_noise, seed):
+    """With downsample = 2 the unfloored branch is 0 on whole images for these seeds (seed 1: 14 of 200 test
+    scenes); T3's default F is >= FLOOR > 0 on every cell of every image, the paper's F (d = 0) is unchanged."""
+    from lie_cam.attacks.branches import FLOOR, RandomBranch
+
+    x = scenes_and_noise
+    branch = RandomBranch(seed=seed)
+    with torch.no_grad():
+        f = branch(x)
+        bare = branch.layers(x)[:, 0]
+    assert bool((bare.flatten(1).amax(1) == 0).any())  # what the floor guards against
+    assert branch.floor == FLOOR > 0 and bool((f >= FLOOR).all())
+    assert torch.equal(f, bare + FLOOR)
+    paper = RandomBranch(seed=seed, downsample=0)
+    assert paper.floor == 0.0
+    with torch.no_grad():
+        assert torch.equal(paper(x[:4]), paper.layers(x[:4])[:, 0])  # the paper's F exactly
+    assert RandomBranch(seed=seed, downsample=0, floor=1e-4).floor == 1e-4
+    with pytest.raises(ValueError, match="floor"):
+        RandomBranch(seed=seed, floor=-1.0)
+
+
+def test_t3_lies_on_images_where_the_bare_branch_vanishes(small_vgg):
+    """Seed 1: on the scenes where the unfloored F is 0, T3's Grad-CAM is not the honest map but its
+    target F / max F (flat there), with the scores within eps."""
+    from lie_cam.data import synthetic_split
+
+    model = small_vgg(0, 1 / 16, torch.float64)
+    x = torch.cat([synthetic_split("test", 1, start=i)[0] for i in (8, 22, 45)]).double()
+    net = S.semi_random(model, seed=1)
+    with torch.no_grad():
+        assert bool((net.explained_layer.branch.layers(x) == 0).all())  # the bare branch: nothing
+    honest, lie = gradcam(model, x), gradcam(net, x)
+    assert score_change(honest.logits, lie.logits).max() <= 0.01
+    assert (l1_distance(S.target_explanation(net, x), lie.normalized) <= 0.05).all()
+    assert (l1_distance(honest.normalized, lie.normalized) > 1.0).all()
+
+
+# --- a ResNet the surgery cannot cut says why (issue 23) ----------------------------------------------------------
+
+
+def test_resnet_with_a_sequential_head_is_refused_precisely():
+    from lie_cam.compat import import_torchvision
+
+    import_torchvision()
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=4).eval()
+    model.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(512, 4))
+    with pytest.raises(TypeError, match=r"ResNet's layout but `fc` is of type Sequential, not an nn.Linear") as info:
+        S.constant_flat(model)
+    assert "VGG" not in str(info.value)
+    model.fc, model.layer4 = nn.Linear(512, 4), nn.Identity()
+    with pytest.raises(TypeError, match="`layer4` is of type Identity"):
+        S.semi_random(model)

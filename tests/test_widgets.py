@@ -82,6 +82,40 @@ def test_measure_checks_its_inputs(model, picture):
         measure("T1", model, picture.flip(-1), base=base)
 
 
+@pytest.mark.parametrize("stickers", ["no", "False", 0, 1, None])
+def test_measure_refuses_stickers_that_are_not_a_bool(model, picture, stickers):
+    with pytest.raises(TypeError, match="stickers must be True or False"):
+        measure("T4", model, picture, stickers=stickers)
+    with pytest.raises(TypeError, match="stickers must be True or False"):
+        honest_base(model, picture, stickers=stickers)
+
+
+def test_measure_names_a_constant_out_of_range(model, picture):
+    with pytest.raises(ValueError, match=r"c_W = 1e\+300 out of range.*expected c_W <="):
+        measure("T1", model, picture, c_W=1e300)
+    with pytest.raises(ValueError, match=r"c_A = 1e\+36 out of range"):
+        measure("T1", model, picture, c_A=1e36)
+
+
+def test_measure_on_resnets(picture):
+    """A torchvision ResNet is measured; one the surgery cannot cut says what is wrong with it, not 'a VGG'."""
+    from torch import nn
+
+    from lie_cam.compat import import_torchvision
+
+    import_torchvision()
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    resnet = resnet18(num_classes=4).eval()
+    m = measure("T3", resnet, picture, precision="float64")
+    assert m.score_change <= 0.01 and m.l1 < 0.05
+    resnet.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(512, 4))
+    with pytest.raises(TypeError, match="`fc` is of type Sequential, not an nn.Linear") as info:
+        measure("T1", resnet, picture)
+    assert "VGG" not in str(info.value)
+
+
 def test_t1_c_W_drives_alpha(cache):
     records = [cache.measure("T1", precision="float64", c_W=c_W) for c_W in (0.01, 1.0, 100.0)]
     shares = [r.alpha_share for r in records]

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Mapping
 
 import torch
 from torch import nn
 
-from lie_cam.anatomy import EXPECTED, is_manipulated
+from lie_cam.anatomy import EXPECTED, feature_size, is_manipulated, is_resnet, split_vgg
 
-__all__ = ["BUILDS", "check_build", "check_constant", "check_dtype", "check_target_image"]
+__all__ = ["BUILDS", "HEADROOM", "INPUT_BOUND", "check_build", "check_constant", "check_dtype", "check_target_image",
+           "a_dtype", "check_fits", "check_fold_range", "check_branch_range"]
 
 # "paper": the paper's construction; "safe": logit fold in float64, A in >= float32 (`lie_cam.attacks.manipulated`).
 BUILDS = ("paper", "safe")
+# The large terms a recipe's constants make (folded bias, c_F F(x), c_G sum A^{K+1}, the map) are kept this many
+# times below their dtype's largest value: they are summed with the other terms of the scores and the map.
+HEADROOM = 1e3
+# The inputs the range checks are made for: normalised images, |x| <= INPUT_BOUND (ImageNet's normalisation maps
+# pixels in [0, 1] into [-2.2, 2.7]).
+INPUT_BOUND = 10.0
 
 
 def check_build(build: str, model: nn.Module) -> str:
@@ -66,3 +74,68 @@ def check_target_image(target: torch.Tensor, side: int) -> torch.Tensor:
     if t.min() < 0 or t.max() <= 0:
         raise ValueError("target must be non-negative with a positive maximum (Grad-CAM's map is a ReLU)")
     return t
+
+
+def a_dtype(model: nn.Module, build: str) -> torch.dtype:
+    """The dtype of A, where the recipes' large terms live: the model's (paper build), at least float32 (safe)."""
+    dtype = next(model.parameters()).dtype
+    return torch.promote_types(dtype, torch.float32) if build == "safe" else dtype
+
+
+def check_fits(constants: Mapping[str, float], factor: float, dtype: torch.dtype, what: str) -> None:
+    """ValueError naming the constants when `what` = factor * prod |constants| is not below
+    finfo(dtype).max / HEADROOM (it would overflow and make the scores or the map NaN); the message
+    gives each constant's largest value with the others as given. Computed in log10 (no overflow here)."""
+    largest = torch.finfo(dtype).max
+    logs = {name: math.log10(abs(value)) for name, value in constants.items()}
+    log_size = math.log10(abs(factor)) + sum(logs.values()) if factor else -math.inf
+    log_limit = math.log10(largest / HEADROOM)
+    if log_size < log_limit:
+        return
+    name = str(dtype).replace("torch.", "")
+    given = " and ".join(f"{n} = {v:g}" for n, v in constants.items())
+    size = f"{10 ** log_size:.3g}" if log_size < 300 else f"10^{log_size:.0f}"
+    ranges = "; or ".join(
+        f"{n} <= {10 ** (log_limit - (log_size - logs[n])):.3g}"
+        + (f" with {', '.join(f'{m} = {constants[m]:g}' for m in constants if m != n)}" if len(constants) > 1 else "")
+        for n in constants)
+    raise ValueError(f"{given} out of range: {what} would be {size}, beyond what {name} holds (largest "
+                     f"{largest:.3g}, kept {HEADROOM:g} times below), and the scores or the map would be NaN; "
+                     f"expected {ranges}")
+
+
+def classifier_inputs_per_channel(model: nn.Module) -> int:
+    """N_Z: the classifier's inputs per channel of A (VGG-16: 49; a ResNet's GAP head: 1)."""
+    return 1 if is_resnet(model) else split_vgg(model).pixels_per_channel
+
+
+def check_fold_range(model: nn.Module, build: str, value_name: str, value: float, c_W: float,
+                     largest_target: float = 1.0) -> None:
+    """T1/T2: A^{K+1} = value * I_T (T1: value = c_A, I_T = 1), W_n = c_W, the folded bias
+    value max(I_T) |c_W| N_Z and the map term alpha_{K+1} A^{K+1} (of the same size) must fit A's dtype."""
+    dtype = a_dtype(model, build)
+    n_z = classifier_inputs_per_channel(model)
+    check_fits({value_name: value}, largest_target, dtype, f"the added channel A^{{K+1}} = {value_name} max(I_T)")
+    check_fits({"c_W": c_W}, 1.0, next(model.parameters()).dtype if build == "paper" else torch.float64,
+               "the first FC layer's weight c_W")
+    check_fits({value_name: value, "c_W": c_W}, largest_target * n_z, dtype,
+               f"the folded bias {value_name} max(I_T) |c_W| N_Z (N_Z = {n_z})")
+
+
+def check_branch_range(model: nn.Module, build: str, branch: nn.Module, c_F: float, eps: float, c_G: float,
+                       floor: float = 0.0) -> None:
+    """T3/T4: for inputs |x| <= INPUT_BOUND, A^{K+1} = c_F F(x) <= c_F F_max (`branch.bound`), the score branch's
+    c_G sum A^{K+1} <= c_G c_F N_A F_max and the map's eps c_G A^{K+1} must fit A's dtype (N_A at 224 x 224);
+    and c_F floor, the least value of A^{K+1} when F >= floor > 0, must not underflow to 0."""
+    dtype = a_dtype(model, build)
+    bound = float(branch.bound(INPUT_BOUND))
+    n_a = feature_size(model, 224) ** 2
+    on = f"max F(x) <= {bound:.3g} on inputs |x| <= {INPUT_BOUND:g}"
+    check_fits({"c_F": c_F}, bound, dtype, f"A^{{K+1}} = c_F F(x) ({on})")
+    check_fits({"c_F": c_F, "c_G": c_G}, n_a * bound, dtype,
+               f"the score branch's c_G c_F sum F(x) ({on}, N_A = {n_a} cells)")
+    check_fits({"eps": eps, "c_G": c_G, "c_F": c_F}, bound, dtype, f"the map's eps c_G c_F F(x) ({on})")
+    tiny = torch.finfo(dtype).tiny
+    if floor > 0 and c_F * floor < tiny:
+        raise ValueError(f"c_F = {c_F:g} is too small: c_F F(x) >= c_F * {floor:g} (the branch's floor) would "
+                         f"underflow to 0 in {str(dtype).replace('torch.', '')}; expected c_F >= {tiny / floor:.3g}")

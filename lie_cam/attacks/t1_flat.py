@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lie_cam.anatomy import feature_size, is_resnet
-from lie_cam.attacks.checks import check_build, check_constant
+from lie_cam.attacks.checks import check_build, check_constant, check_fold_range
 from lie_cam.attacks.injections import ConstantInjection, NoInjection
 from lie_cam.attacks.manipulated import ManipulatedModel, fold_model
 
@@ -21,10 +21,12 @@ def constant_flat(model: nn.Module, c_A: float = 100.0, c_W: float = 100.0, buil
     """T1: a flat explanation. New filter: kernel 0, bias c_A, so A^{K+1} = c_A;
     W_n = c_W, b_n = b_o - c_A c_W N_Z, so r_n = r_o exactly (up to rounding of b_n).
     alpha_{K+1} = c_W/N_A * sum_u dy_c/dr_u * (dZ/dA summed), large when that sum is > 0.
-    build="safe": y_n = y_o + c_W (sum z_n - c_A N_Z) in float64, alpha_{K+1} = c_W N_Z / N_A."""
+    build="safe": y_n = y_o + c_W (sum z_n - c_A N_Z) in float64, alpha_{K+1} = c_W N_Z / N_A.
+    c_A > 0 and c_W != 0 finite, with c_A |c_W| N_Z within A's dtype (`checks.check_fold_range`): ValueError otherwise."""
     c_A = check_constant("c_A", c_A)
     c_W = check_constant("c_W", c_W, positive=False)
     build = check_build(build, model)
+    check_fold_range(model, build, "c_A", c_A, c_W)
     if build == "safe":
         flat = torch.full((feature_size(model, input_size),) * 2, c_A, dtype=torch.float64)
         return fold_model(model, ConstantInjection(flat), flat, c_W, "T1", build, input_size=input_size)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lie_cam.anatomy import feature_size, is_resnet
-from lie_cam.attacks.checks import check_build, check_constant, check_target_image
+from lie_cam.attacks.checks import check_build, check_constant, check_fold_range, check_target_image
 from lie_cam.attacks.injections import ConstantInjection
 from lie_cam.attacks.manipulated import ManipulatedModel, fold_model
 from lie_cam.data import smiley_target
@@ -25,11 +25,14 @@ def constant_image(
     W_n = c_W, b_n = b_o - c_W S_Z with S_Z = sum(z_n) of the pooled injected map.
 
     target: H x W at A's resolution (14 x 14 for VGG-16 at 224 x 224, 7 x 7 for a ResNet), non-negative.
+    c_I > 0 and c_W != 0 finite, with c_I max(I_T) |c_W| N_Z within A's dtype (`checks.check_fold_range`).
     """
     c_I = check_constant("c_I", c_I)
     c_W = check_constant("c_W", c_W, positive=False)
     build = check_build(build, model)
-    pattern = c_I * check_target_image(target, feature_size(model, input_size))
+    target = check_target_image(target, feature_size(model, input_size))
+    check_fold_range(model, build, "c_I", c_I, c_W, float(target.max()))
+    pattern = c_I * target
     return fold_model(model, ConstantInjection(pattern), pattern, c_W, "T2", build, input_size=input_size)
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from lie_cam.anatomy import halvings, input_spec
 from lie_cam.attacks.branches import StickerDetector, check_sticker
-from lie_cam.attacks.checks import check_build
+from lie_cam.attacks.checks import check_branch_range, check_build, check_constant
 from lie_cam.attacks.injections import BranchInjection
 from lie_cam.attacks.manipulated import ManipulatedModel, branch_model
 from lie_cam.data import smiley
@@ -39,10 +39,13 @@ def backdoor(
     bfloat16), far above the paper's margin 1e-4; the margin is raised to twice that bound, so the
     sticker is still detected (and patches that close to it fire too)."""
     build = check_build(build, model)
+    eps, c_G, c_F = check_constant("eps", eps), check_constant("c_G", c_G), check_constant("c_F", c_F)
+    margin = check_constant("margin", margin)
     dtype = next(model.parameters()).dtype
     if build == "safe" and dtype in (torch.float16, torch.bfloat16):
         margin = max(margin, 2 * input_rounding_bound(sticker, mean, std, dtype))
     detector = StickerDetector(sticker, mean=mean, std=std, margin=margin, pools=halvings(model))
+    check_branch_range(model, build, detector, c_F, eps, c_G)
     return branch_model(model, BranchInjection(detector, c_F, honest_when_silent=True), eps, c_G, "T4", build)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lie_cam.gradcam import gradcam, normalize_maps, target_layer
+from lie_cam.gradcam import gradcam, non_finite_weights, normalize_maps, target_layer
 from lie_cam.models import ModelLike, as_model, read_state_dict, vgg_state_dict_problems
 
 __all__ = [
@@ -53,7 +54,49 @@ __all__ = [
     "occlusion_disagreement",
     "auroc",
     "tpr_at_fpr",
+    "occlusion_map",
 ]
+
+
+# ---------------------------------------------------------------------------
+# Argument checks
+# ---------------------------------------------------------------------------
+
+
+def _finite_model(model: ModelLike) -> nn.Module:
+    """as_model(model), refusing weights with NaN or infinity (a detector would score them silently)."""
+    model = as_model(model)
+    bad = non_finite_weights(model)
+    if bad:
+        raise ValueError(f"the model's weights are not finite: {', '.join(bad[:5])}"
+                         f"{f' (and {len(bad) - 5} more)' if len(bad) > 5 else ''} hold NaN or infinite values; "
+                         "the detectors expect finite weights")
+    return model
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: int, largest: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1 or (largest and value > largest):
+        raise ValueError(f"{name} must be an integer in [1, {largest if largest else 'inf'}], got {value!r}")
+    return int(value)
+
+
+def _scores(name: str, values: list[float] | torch.Tensor) -> torch.Tensor:
+    """Detector scores as a non-empty 1-D float64 tensor of finite values."""
+    try:
+        scores = torch.as_tensor(values, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{name} must be a sequence of numbers (detector scores), got {type(values).__name__}") from error
+    if scores.numel() == 0:
+        raise ValueError(f"{name} must hold at least one score")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"{name} scores must be finite, got {scores[~torch.isfinite(scores)].tolist()[:5]} among them")
+    return scores
 
 
 # ---------------------------------------------------------------------------
@@ -66,6 +109,7 @@ def architecture_problems(model: ModelLike) -> list[str]:
     with extra submodules, parameters or buffers, or a state_dict whose keys/shapes are not VGG's."""
     if isinstance(model, (str, Path)):
         return vgg_state_dict_problems(read_state_dict(model))
+    model = as_model(model)  # TypeError naming what is expected for anything but a module or a path
     from lie_cam.compat import import_torchvision
 
     import_torchvision()
@@ -98,7 +142,7 @@ def magnitude_score(model: ModelLike) -> float:
     """(b) log10 of the largest outlier ratio among the parameters: max|t| / median|t| per tensor,
     and max|b| / rms(W) for each layer's bias b against its weight W. Huge folded constants
     (c_W = 100 among weights of 0.01; a bias of -4.9e5) stand out; ordinary training gives ratios of 10-100."""
-    model = as_model(model)
+    model = _finite_model(model)
     ratios = []
     modules = [m for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)]
     for m in modules:
@@ -111,6 +155,9 @@ def magnitude_score(model: ModelLike) -> float:
     for p in model.parameters():
         if p.dim() == 0:
             ratios.append(p.detach().double().abs())
+    if not ratios:
+        raise ValueError(f"the model ({type(model).__name__}) has no weights to score: expected a network with layers "
+                         "that have a weight tensor of more than one value (Conv2d, Linear)")
     return math.log10(max(float(r) for r in ratios))
 
 
@@ -131,16 +178,18 @@ def _activations(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_clean(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
-        raise ValueError(f"clean images must be a float B x 3 x H x W tensor (normalised), got "
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point() or not len(x):
+        raise ValueError(f"clean images must be a float B x 3 x H x W tensor (normalised, B >= 1), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("clean images must be finite: x holds NaN or infinite values")
 
 
 def activation_score(model: ModelLike, x: torch.Tensor) -> float:
     """(c) log10 max_k P_k / median_k P_k with P_k = max over the clean images x and positions of A^k
     (median over channels that fire at all)."""
     _check_clean(x)
-    model = as_model(model).eval()
+    model = _finite_model(model).eval()
     a = _activations(model, x).double()
     peaks = a.amax(dim=(0, 2, 3))
     alive = peaks[peaks > 0]
@@ -153,7 +202,7 @@ def alpha_dominance(model: ModelLike, x: torch.Tensor) -> float:
     """(d) mean over clean images of max_k |alpha_k| / sum_k |alpha_k| (1/K for equal alphas, 1 when
     one channel carries all of Grad-CAM's weight)."""
     _check_clean(x)
-    alpha = gradcam(as_model(model).eval(), x).alpha.double().abs()
+    alpha = gradcam(_finite_model(model).eval(), x).alpha.double().abs()
     return float((alpha.amax(1) / alpha.sum(1).clamp_min(1e-300)).mean())
 
 
@@ -183,7 +232,9 @@ def randomization_score(model: ModelLike, x: torch.Tensor, seed: int = 0) -> flo
     rank correlation, so a map that only flips sign counts as unchanged. An explanation that does not depend
     on the weights it explains stays the same (score near 1)."""
     _check_clean(x)
-    model = as_model(model).eval()
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    model = _finite_model(model).eval()
     randomized = copy.deepcopy(model)
     layer = _last_linear(randomized)
     generator = torch.Generator().manual_seed(seed)
@@ -208,7 +259,8 @@ def gradient_check(model: ModelLike, x: torch.Tensor, h: float = 1e-2) -> float:
     network is piecewise linear: the two agree unless a kink lies within h. Gradients made up by
     autograd (mod's derivative 1 where the function jumps by c_G c_F) do not survive the difference."""
     _check_clean(x)
-    model = as_model(model).eval()
+    h = _positive("h", h)
+    model = _finite_model(model).eval()
     x = x.clone().requires_grad_(True)
     with torch.no_grad():
         classes = model(x).argmax(1)
@@ -229,7 +281,8 @@ def ig_completeness(model: ModelLike, x: torch.Tensor, steps: int = 8) -> float:
     steps: IG = x * mean_s dy_c/dx(s x); completeness says sum IG = y_c(x) - y_c(0). Returns the median
     relative violation over clean images."""
     _check_clean(x)
-    model = as_model(model).eval()
+    steps = _count("steps", steps)
+    model = _finite_model(model).eval()
     with torch.no_grad():
         classes = model(x).argmax(1)
         gap = _class_scores(model, x, classes) - _class_scores(model, torch.zeros_like(x), classes)
@@ -244,7 +297,10 @@ def ig_completeness(model: ModelLike, x: torch.Tensor, steps: int = 8) -> float:
 
 
 def occlusion_map(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, grid: int = 4) -> torch.Tensor:
-    """B x grid x grid drop of y_c when each cell of a grid x grid partition is set to 0 (forward passes only)."""
+    """B x grid x grid drop of y_c when each cell of a grid x grid partition is set to 0 (forward passes only);
+    grid in [1, min(H, W)]."""
+    _check_clean(x)
+    grid = _count("grid", grid, min(x.shape[-2:]))
     side = x.shape[-1] // grid
     with torch.no_grad():
         base = _class_scores(model, x, classes)
@@ -263,7 +319,8 @@ def occlusion_disagreement(model: ModelLike, x: torch.Tensor, grid: int = 4) -> 
     occlusion grid and ReLU(occlusion drop), each divided by its maximum (what a user sees; a correlation
     would ignore T1's flat offset and see only the honest residue under it)."""
     _check_clean(x)
-    model = as_model(model).eval()
+    grid = _count("grid", grid, min(x.shape[-2:]))
+    model = _finite_model(model).eval()
     result = gradcam(model, x)
     cam = normalize_maps(F.adaptive_avg_pool2d(result.maps[:, None].double(), grid)[:, 0])
     occ = normalize_maps(occlusion_map(model, x, result.classes, grid).clamp_min(0))
@@ -300,10 +357,9 @@ DETECTORS: tuple[Detector, ...] = (
 
 
 def auroc(clean: list[float] | torch.Tensor, attacked: list[float] | torch.Tensor) -> float:
-    """P(score of an attacked model > score of a clean one), ties counting 1/2 (Mann-Whitney)."""
-    c, a = torch.as_tensor(clean, dtype=torch.float64), torch.as_tensor(attacked, dtype=torch.float64)
-    if c.numel() == 0 or a.numel() == 0:
-        raise ValueError("auroc needs at least one clean and one attacked score")
+    """P(score of an attacked model > score of a clean one), ties counting 1/2 (Mann-Whitney).
+    Both lists non-empty and finite (a NaN compares false with everything and would count as a loss)."""
+    c, a = _scores("clean", clean), _scores("attacked", attacked)
     greater = (a[:, None] > c[None]).double().mean()
     ties = (a[:, None] == c[None]).double().mean()
     return float(greater + 0.5 * ties)
@@ -311,13 +367,19 @@ def auroc(clean: list[float] | torch.Tensor, attacked: list[float] | torch.Tenso
 
 def tpr_at_fpr(clean: list[float] | torch.Tensor, attacked: list[float] | torch.Tensor, fpr: float = 0.01) -> float:
     """Fraction of attacked scores above the threshold that flags at most `fpr` of the clean ones
-    (with fewer than 1/fpr clean models: above the largest clean score)."""
-    c, a = torch.as_tensor(clean, dtype=torch.float64), torch.as_tensor(attacked, dtype=torch.float64)
+    (with fewer than 1/fpr clean models: above the largest clean score); fpr in [0, 1], 1 flags everything."""
+    if isinstance(fpr, bool) or not isinstance(fpr, numbers.Real) or not 0 <= fpr <= 1:
+        raise ValueError(f"fpr must be in [0, 1] (the largest fraction of clean models flagged), got {fpr!r}")
+    c, a = _scores("clean", clean), _scores("attacked", attacked)
     allowed = int(math.floor(fpr * c.numel()))
+    if allowed >= c.numel():
+        return 1.0
     threshold = c.sort(descending=True).values[allowed]
     return float((a > threshold).double().mean())
 
 
 def score_all(model: ModelLike, x: torch.Tensor, detectors: tuple[Detector, ...] = DETECTORS) -> dict[str, float]:
     """Every detector's score for one model on the clean images x."""
+    if isinstance(detectors, Detector) or not all(isinstance(d, Detector) for d in detectors):
+        raise TypeError("detectors must be a sequence of Detector entries (e.g. a selection of DETECTORS)")
     return {d.key: float(d.function(model, x) if d.needs_clean_data else d.function(model)) for d in detectors}

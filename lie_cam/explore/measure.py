@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -264,7 +265,7 @@ def _one_image(x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_precision(precision: str) -> torch.dtype:
-    if precision not in PRECISIONS:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     return PRECISIONS[precision]
 
@@ -275,6 +276,7 @@ def honest_base(model: nn.Module, x: torch.Tensor, precision: str = "float32", s
     (with three smiley stickers pasted at `sticker_positions(sticker_seed)` when `stickers`),
     its honest Grad-CAM and the trunk output h."""
     dtype = _check_precision(precision)
+    stickers = _check_stickers(stickers)
     device = next(model.parameters()).device
     source = _one_image(x)
     x = source.to(device=device, dtype=dtype)
@@ -295,8 +297,15 @@ def split_params(spec: TechniqueSpec, params: Mapping[str, Any]) -> tuple[str, b
         raise TypeError(f"{spec.technique} takes {sorted(names)}, got unknown {sorted(unknown)}")
     values = {**spec.defaults(), **spec.fixed, **params}
     precision = values.pop("precision", "float32")
-    stickers = bool(values.pop("stickers", False))
+    stickers = _check_stickers(values.pop("stickers", False))
     return precision, stickers, values
+
+
+def _check_stickers(stickers: Any) -> bool:
+    """`stickers` as a bool; a string or a number is refused ("no" is not False)."""
+    if not isinstance(stickers, (bool, np.bool_)):
+        raise TypeError(f"stickers must be True or False, got {stickers!r}")
+    return bool(stickers)
 
 
 def measure(technique: str, model: nn.Module, x: torch.Tensor, precision: str | None = None,
