@@ -40,7 +40,8 @@ def _check_model(model: nn.Module) -> VGGParts:
     """split_vgg's checks (non-VGG, already manipulated) plus floating-point precision."""
     if isinstance(model, nn.Module) and is_resnet(model):
         raise TypeError("channel_hijack expected a torchvision VGG (it rewrites a channel read by the first FC layer); "
-                        "ResNets are not supported")
+                        "ResNets are not supported (a VGG-type CNN of another layout can be passed in parts: "
+                        "lie_cam.models.from_parts(features, head, preprocess=InputSpec(side, mean, std)))")
     try:
         parts = split_vgg(model)
     except TypeError as error:

@@ -1,0 +1,188 @@
+"""Any CNN, in parts: `from_parts(features, head, preprocess)` puts it in the form the surgery reads.
+
+The surgery (T1-T4, the channel hijack) knows one head: y = classifier(flatten(avgpool(tail(A))))
+with the flatten in (C, H, W) order, so that FC1's columns k N_Z .. (k+1) N_Z - 1 read channel k
+of A. A network given in parts,
+
+    A = features(x)                     (its last module, a ReLU after the last Conv2d, gives A)
+    y = head(A) = rest(W_1 P(A) + b_1)  (P: whatever turns A into FC1's input, W_1, b_1: FC1)
+
+is rewritten into that form. P may be any *affine* map of A (a flatten in any order, a permute,
+global or local average pooling, a BatchNorm2d, ...); max-pooling at the head's start is moved into
+`tail` (the surgery knows it). Since P is affine, P(A) = M vec_CHW(A) + p, so
+
+    W_1 P(A) + b_1 = (W_1 M) vec_CHW(A) + (W_1 p + b_1)
+
+and FC1 becomes a Linear on the CHW flatten of A with weight W_1 M and bias W_1 p + b_1. W_1 M is
+computed in float64 as the vector-Jacobian products M^T w of W_1's rows w through P (exact for a
+permutation: it only moves W_1's columns). P is checked to be affine on random signed inputs and
+the rebuilt model is checked against features + head on a random input; anything else is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from lie_cam.anatomy import InputSpec
+
+__all__ = ["PartsModel", "from_parts", "flat_modules", "HOW_TO_PASS_IN_PARTS"]
+
+HOW_TO_PASS_IN_PARTS = (
+    "any other CNN can be passed in parts: lie_cam.models.from_parts(features, head, "
+    "preprocess=InputSpec(side, mean, std)), features mapping the image to A (ending with the ReLU after the "
+    "last Conv2d) and head mapping A to the logits (an nn.Sequential whose first nn.Linear is FC1)")
+
+_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+
+
+class PartsModel(nn.Module):
+    """A CNN in torchvision-VGG form: y = classifier(flatten(avgpool(features(x)), 1)), the flatten in
+    (C, H, W) order, avgpool the identity; `input_spec` says how pixels in [0, 1] become x.
+    `softmax_removed`: True where `load_onnx` dropped the graph's final Softmax."""
+
+    softmax_removed: bool = False
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Sequential, input_spec: InputSpec) -> None:
+        super().__init__()
+        self.features = features
+        self.avgpool = nn.Identity()
+        self.classifier = classifier
+        self.input_spec = input_spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def flat_modules(module: nn.Module) -> list[nn.Module]:
+    """The modules of nested nn.Sequentials in the order they run (any other module as one)."""
+    if isinstance(module, nn.Sequential):
+        return [leaf for child in module for leaf in flat_modules(child)]
+    return [module]
+
+
+def _check_features(modules: list[nn.Module]) -> None:
+    """features must end with Conv2d, BatchNorm2d*, ReLU (the ReLU's output is A)."""
+    convs = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d)]
+    ending = [type(m).__name__ for m in modules[-3:]]
+    if not convs or not isinstance(modules[-1], nn.ReLU) or not all(
+            isinstance(m, nn.BatchNorm2d) for m in modules[convs[-1] + 1:-1]):
+        raise ValueError(f"from_parts: features must end with the layer Grad-CAM explains, a Conv2d followed by "
+                         f"optional BatchNorm2d and an nn.ReLU (as modules of nested nn.Sequentials); its last "
+                         f"modules are {ending}")
+
+
+def _split_head(head: nn.Module) -> tuple[list[nn.Module], list[nn.Module], nn.Linear, list[nn.Module]]:
+    """(pooling moved into the tail, the affine part P before FC1, FC1, the rest of the head)."""
+    modules = flat_modules(head)
+    first = next((i for i, m in enumerate(modules) if isinstance(m, nn.Linear)), None)
+    if first is None:
+        raise ValueError(f"from_parts: head must be an nn.Sequential containing an nn.Linear (FC1, the first layer "
+                         f"of the classifier); got {type(head).__name__} with "
+                         f"{[type(m).__name__ for m in modules][:6]}")
+    leading = 0
+    while leading < first and isinstance(modules[leading], _POOLS):
+        leading += 1
+    return modules[:leading], modules[leading:first], modules[first], modules[first + 1:]
+
+
+def _run(modules: list[nn.Module], z: torch.Tensor) -> torch.Tensor:
+    for module in modules:
+        z = module(z)
+    return z
+
+
+def _check_affine(pre: list[nn.Module], shape: tuple[int, ...], width: int) -> torch.Tensor:
+    """P(0) after checking that P maps B x shape to B x width affinely (float64, random signed inputs)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 1, *shape, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        zero, pa, pb, pab = (_run(pre, t) for t in (torch.zeros_like(a), a, b, 2.5 * a - b))
+    names = [type(m).__name__ for m in pre]
+    if pa.dim() != 2 or pa.shape[1] != width:
+        raise ValueError(f"from_parts: the head's modules before its first nn.Linear ({names}) turn A "
+                         f"({'x'.join(map(str, shape))}) into shape {tuple(pa.shape[1:])}, but FC1 reads {width} "
+                         "inputs")
+    error = (pab - zero - 2.5 * (pa - zero) + (pb - zero)).abs().max().item()
+    if error > 1e-9 * (1 + max(pa.abs().max().item(), pb.abs().max().item())):
+        raise ValueError(f"from_parts: the head's modules before its first nn.Linear ({names}) are not an affine "
+                         f"map of A (P(2.5a - b) != 2.5 P(a) - 1.5 P(0) - P(b) by {error:.2g}); only a flatten in "
+                         "any order, a permute, average pooling or another affine map may come before FC1 (max "
+                         "pooling only at the head's very start). Put anything else in features before A, or "
+                         "after FC1")
+    return zero[0]
+
+
+def _canonical_fc1(pre: list[nn.Module], fc1: nn.Linear, shape: tuple[int, ...]) -> nn.Linear:
+    """Linear(K H W, out) on the CHW flatten of A equal to fc1(P(A)): W_1 M and W_1 P(0) + b_1."""
+    pre64 = [copy.deepcopy(m).double().eval() for m in pre]
+    offset = _check_affine(pre64, shape, fc1.in_features)
+    w1 = fc1.weight.detach().to(torch.float64)
+    a = torch.zeros(1, *shape, dtype=torch.float64, requires_grad=True)
+    p = _run(pre64, a)
+    rows = []
+    for chunk in torch.split(w1, 256):  # M^T w for each row w of W_1, 256 at a time
+        (grad,) = torch.autograd.grad(p, a, grad_outputs=chunk[:, None, :], is_grads_batched=True,
+                                      retain_graph=True)
+        rows.append(grad.reshape(chunk.shape[0], -1))
+    bias = w1 @ offset + (fc1.bias.detach().to(torch.float64) if fc1.bias is not None else 0.0)
+    linear = nn.Linear(a[0].numel(), fc1.out_features, dtype=fc1.weight.dtype, device=fc1.weight.device)
+    with torch.no_grad():
+        linear.weight.copy_(torch.cat(rows))
+        linear.bias.copy_(bias)
+    return linear
+
+
+def _check_spec(preprocess: InputSpec | None) -> InputSpec:
+    if preprocess is None:
+        return InputSpec()
+    if not isinstance(preprocess, InputSpec):
+        raise TypeError(f"from_parts: preprocess must be a lie_cam.anatomy.InputSpec(side, mean, std), got "
+                        f"{type(preprocess).__name__}")
+    return preprocess
+
+
+def _verify(model: PartsModel, features: nn.Module, head: nn.Module, spec: InputSpec) -> None:
+    """model(x) == head(features(x)) on a random input of the spec's size (else a ValueError)."""
+    parameter = next(model.parameters())
+    x = torch.randn(2, 3, spec.side, spec.side, generator=torch.Generator().manual_seed(1)).to(
+        device=parameter.device, dtype=parameter.dtype)
+    with torch.no_grad():
+        expected, got = head(features(x)), model(x)
+    scale = 1 + expected.abs().max().item()
+    if got.shape != expected.shape or (got - expected).abs().max().item() > 1e-4 * scale:
+        raise ValueError("from_parts: the rebuilt model does not reproduce head(features(x)) on a random input; "
+                         "the head's modules before FC1 must not depend on anything but A")
+
+
+def from_parts(features: nn.Module, head: nn.Module, preprocess: InputSpec | None = None) -> PartsModel:
+    """A CNN from two parts, in the form T1-T4 and the channel hijack take (`PartsModel`).
+
+    features: image x (B x 3 x side x side, normalised as `preprocess` says) -> A; an nn.Module or nested
+        nn.Sequentials ending with Conv2d, optional BatchNorm2d, ReLU (the layer Grad-CAM explains).
+    head: A -> logits, an nn.Sequential whose modules before its first nn.Linear (FC1) form an affine map
+        P of A (a flatten in any order, a permute, average pooling; max pooling at its start).
+    preprocess: how pixels p in [0, 1] become x = (p - mean) / std, and the input side (default:
+        torchvision's ImageNet convention at 224).
+
+    FC1 is rewritten to read flatten_CHW(A) with weight W_1 M and bias W_1 P(0) + b_1 (see the module
+    docstring); the parts are copied, the ones given are left as they were. The result is in eval mode.
+    ValueError (saying which part and why) for parts that cannot be put in that form.
+    """
+    for name, part in (("features", features), ("head", head)):
+        if not isinstance(part, nn.Module):
+            raise TypeError(f"from_parts: {name} must be an nn.Module, got {type(part).__name__}")
+    spec = _check_spec(preprocess)
+    features_copy, head_copy = copy.deepcopy(features).eval(), copy.deepcopy(head).eval()
+    trunk = flat_modules(features_copy)
+    _check_features(trunk)
+    tail, pre, fc1, rest = _split_head(head_copy)
+    parameter = next(features_copy.parameters())
+    probe = torch.zeros(1, 3, spec.side, spec.side, dtype=parameter.dtype, device=parameter.device)
+    with torch.no_grad():
+        shape = tuple(_run(tail, features_copy(probe)).shape[1:])
+    model = PartsModel(nn.Sequential(*trunk, *tail), nn.Sequential(_canonical_fc1(pre, fc1, shape), *rest), spec)
+    _verify(model.eval(), features_copy, head_copy, spec)
+    return model
