@@ -167,11 +167,10 @@ def _conv(node, graph: _Graph) -> nn.Conv2d:
     att = _attributes(node)
     weight = graph.constant(node, 1)
     bias = graph.constant(node, 2) if len(node.input) > 2 and node.input[2] else None
-    kernel = tuple(weight.shape[2:])
-    pads = _pads(node, att, kernel, tuple(att.get("strides", (1, 1))))
-    conv = nn.Conv2d(weight.shape[1] * att.get("group", 1), weight.shape[0], kernel, stride=tuple(att.get("strides", (1, 1))),
-                     padding=pads, dilation=tuple(att.get("dilations", (1, 1))), groups=att.get("group", 1),
-                     bias=bias is not None)
+    kernel, strides, groups = tuple(weight.shape[2:]), tuple(att.get("strides", (1, 1))), att.get("group", 1)
+    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], kernel, stride=strides,
+                     padding=_pads(node, att, kernel, strides), dilation=tuple(att.get("dilations", (1, 1))),
+                     groups=groups, bias=bias is not None)
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(weight))
         if bias is not None:
@@ -203,7 +202,8 @@ def _pool(node) -> nn.Module:
     ceil = bool(att.get("ceil_mode", 0))
     if node.op_type == "MaxPool":
         return nn.MaxPool2d(kernel, strides, padding, dilation=tuple(att.get("dilations", (1, 1))), ceil_mode=ceil)
-    return nn.AvgPool2d(kernel, strides, padding, ceil_mode=ceil, count_include_pad=bool(att.get("count_include_pad", 0)))
+    return nn.AvgPool2d(kernel, strides, padding, ceil_mode=ceil,
+                        count_include_pad=bool(att.get("count_include_pad", 0)))
 
 
 def _batchnorm2d(node, graph: _Graph) -> nn.BatchNorm2d:
@@ -364,7 +364,8 @@ class _Walk:
         elif op == "Softmax" and node.output[0] == self.graph.output:
             self.softmax_removed = True
         else:
-            raise _unsupported(node, "in the dense head" if dense else "between the convolutions and the first dense layer")
+            where = "in the dense head" if dense else "between the convolutions and the first dense layer"
+            raise _unsupported(node, where)
 
     def parts(self) -> tuple[nn.Sequential, nn.Sequential]:
         """(features ending at A = the ReLU after the last Conv, the head from A on)."""

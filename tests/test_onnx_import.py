@@ -60,17 +60,18 @@ class KerasLike(nn.Module):
 
 
 class TorchGAP(nn.Module):
-    """A torch export: NCHW input (48 px), conv trunk, BatchNorm2d before A's ReLU, global average pooling, Gemm."""
+    """A torch export: NCHW input (48 px), conv trunk, BatchNorm2d before A's ReLU, global average pooling
+    (GlobalAveragePool + Flatten, or ReduceMean), Gemm."""
 
-    def __init__(self) -> None:
+    def __init__(self, mean: bool = False) -> None:
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                                       nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU())
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 9), nn.ReLU(), nn.Dropout(),
-                                  nn.Linear(9, 5))
+        self.pool = (lambda a: a.mean(dim=(2, 3))) if mean else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Dropout(), nn.Linear(9, 5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.pool(self.features(x)))
 
 
 def _export(net: nn.Module, shape: tuple[int, ...], path) -> str:
@@ -161,10 +162,12 @@ def test_pixel_scale_says_what_the_graph_input_is(keras_like, tmp_path):
         load_onnx(tmp_path / "missing.onnx")
 
 
-def test_nchw_graph_with_global_pooling_matches_onnxruntime(tmp_path):
+@pytest.mark.parametrize("mean, op", [(False, "GlobalAveragePool"), (True, "ReduceMean")])
+def test_nchw_graph_with_global_pooling_matches_onnxruntime(mean, op, tmp_path):
     torch.manual_seed(3)
-    net = _randomise(TorchGAP(), seed=4)
+    net = _randomise(TorchGAP(mean), seed=4)
     path = _export(net, (3, 48, 48), tmp_path / "gap.onnx")
+    assert op in {n.op_type for n in onnx.load(path).graph.node}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no Softmax: no warning
         model = load_onnx(path)
