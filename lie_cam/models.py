@@ -368,7 +368,9 @@ def vgg_from_state_dict(state: dict[str, torch.Tensor]) -> nn.Module:
     state_dict is not of that layout (`architecture_problems` says why)."""
     problems = vgg_state_dict_problems(state)
     if problems:
-        raise ValueError("not a torchvision VGG state_dict: " + "; ".join(problems[:5]))
+        raise ValueError("not a torchvision VGG state_dict: " + "; ".join(problems[:5]) + ". Another network: "
+                         "an ONNX file with lie_cam.models.load_onnx(path), any CNN built in PyTorch with "
+                         "lie_cam.models.from_parts(features, head, preprocess=InputSpec(side, mean, std))")
     import_torchvision()
     from torchvision.models.vgg import VGG, make_layers
 
