@@ -17,14 +17,16 @@ __all__ = ["semi_random", "default_constants"]
 
 
 def semi_random(model: nn.Module, eps: float = 0.01, c_G: float = 1e4, c_F: float = 1e7, seed: int = 0,
-                build: str = "paper", downsample: int = 2) -> ManipulatedModel:
+                build: str = "paper", downsample: int = 2, input_size: int | None = None) -> ManipulatedModel:
     """T3: a semi-random explanation c_F F(x) from a seeded random conv net F;
-    W_n = 0, b_n = b_o, y_n = y_o + eps mod(c_G sum A^{K+1}, 1): |y_n - y_o| <= eps.
+    W_n = 0, b_n = b_o, y_n = y_o + eps mod(c_G sum A^{K+1}, 1): |y_n - y_o| <= eps, and
+    alpha^c_{K+1} = eps c_G > 0 for every class in either build (no sign caveat). F follows the
+    input's size (A = input / 2^halvings); input_size (None: the model's input spec side) is recorded.
     downsample: F's convolutions run on the input averaged over 2^d x 2^d cells
     (`lie_cam.attacks.branches.RandomBranch`; 0 is the paper's full-resolution F)."""
     build = check_build(build, model)
     branch = RandomBranch(seed=seed, pools=halvings(model), downsample=min(downsample, halvings(model)))
-    return branch_model(model, BranchInjection(branch, c_F), eps, c_G, "T3", build)
+    return branch_model(model, BranchInjection(branch, c_F), eps, c_G, "T3", build, input_size=input_size)
 
 
 def default_constants(model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any]:
