@@ -11,10 +11,10 @@ one chain of nodes (the shape computations feeding a Reshape are skipped):
           --[Softmax]                                                               removed, and said so
 
 Keras models exported with tf2onnx (NHWC input, a Transpose before the flatten, so the flatten is in
-(H, W, C) order; BatchNormalization as Mul + Add) and torch exports (NCHW) both fit. An elementwise
-affine layer of the head, s * z + t (a BatchNorm in eval mode), is folded into the Linear before it
-(W' = diag(s) W, b' = s b + t) or else the one after it (W' = W diag(s), b' = b + W t).
-The parts go through `lie_cam.parts.from_parts`, which rewrites FC1 to read A in (C, H, W) order.
+(H, W, C) order; BatchNormalization as Mul + Add) and torch exports (NCHW) both fit. The parts go
+through `lie_cam.parts.from_parts`, which rewrites FC1 to read A in (C, H, W) order and folds each
+elementwise affine layer of the head, s * z + t (a Dense bias, a BatchNorm in eval mode), into the
+Linear before it (W' = diag(s) W, b' = s b + t) or else the one after it (W' = W diag(s), b' = b + W t).
 
 The input spec: with g = pixel_scale * p the graph's input for pixels p in [0, 1] and the leading
 constant nodes computing x = a g + c per channel, x = (p - mean) / std with std = 1 / (a pixel_scale),
@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from lie_cam.anatomy import InputSpec
-from lie_cam.parts import HOW_TO_PASS_IN_PARTS, PartsModel, from_parts
+from lie_cam.parts import HOW_TO_PASS_IN_PARTS, ChannelAffine, PartsModel, from_parts
 
-__all__ = ["load_onnx", "Permute", "ChannelAffine", "ReduceMean"]
+__all__ = ["load_onnx", "Permute", "ReduceMean"]
 
 _SKIP = {"Dropout", "Identity", "Cast"}
 _ELEMENTWISE = {"Mul", "Div", "Add", "Sub"}
@@ -48,18 +48,6 @@ class Permute(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(*self.dims)
-
-
-class ChannelAffine(nn.Module):
-    """z -> scale * z + shift per feature (a dense BatchNorm that had no Linear next to it to fold into)."""
-
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("scale", scale)
-        self.register_buffer("shift", shift)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.scale + self.shift
 
 
 class ReduceMean(nn.Module):
@@ -254,33 +242,6 @@ def _dense_affine(node, graph: _Graph) -> tuple[np.ndarray, np.ndarray]:
     return np.ones_like(k), (k if node.op_type == "Add" else -k)
 
 
-def _append_affine(head: list[nn.Module], s: np.ndarray, t: np.ndarray) -> None:
-    """Fold s * z + t into the Linear just before it, or an affine layer just before it, or keep it."""
-    last = head[-1] if head else None
-    s_t, t_t = torch.from_numpy(s), torch.from_numpy(t)
-    if isinstance(last, nn.Linear):
-        with torch.no_grad():
-            last.weight.mul_(s_t[:, None])
-            last.bias.mul_(s_t).add_(t_t)
-    elif isinstance(last, ChannelAffine):
-        last.scale, last.shift = last.scale * s_t, last.shift * s_t + t_t
-    else:
-        head.append(ChannelAffine(s_t, t_t))
-
-
-def _fold_forward(head: list[nn.Module]) -> list[nn.Module]:
-    """Fold each ChannelAffine into the Linear right after it: W' = W diag(s), b' = b + W t."""
-    out: list[nn.Module] = []
-    for module in head:
-        if isinstance(module, nn.Linear) and out and isinstance(out[-1], ChannelAffine):
-            affine = out.pop()
-            with torch.no_grad():
-                module.bias.add_(module.weight @ affine.shift)
-                module.weight.mul_(affine.scale[None, :])
-        out.append(module)
-    return out
-
-
 _TRUNK = {"Conv", "Relu", "MaxPool", "AveragePool", "BatchNormalization"}
 _TO_HEAD = {"Transpose", "Flatten", "Reshape", "GlobalAveragePool", "ReduceMean", "MatMul", "Gemm"}
 
@@ -360,7 +321,7 @@ class _Walk:
         elif op == "Relu":
             self.head.append(nn.ReLU())
         elif (op in _ELEMENTWISE or op == "BatchNormalization") and dense:
-            _append_affine(self.head, *_dense_affine(node, self.graph))
+            self.head.append(ChannelAffine(*(torch.from_numpy(v).float() for v in _dense_affine(node, self.graph))))
         elif op == "Softmax" and node.output[0] == self.graph.output:
             self.softmax_removed = True
         else:
@@ -377,7 +338,7 @@ class _Walk:
         if end >= len(modules) or not isinstance(modules[end], nn.ReLU):
             raise ValueError(f"load_onnx: the last Conv is not followed by a Relu, so there is no A for Grad-CAM to "
                              f"explain; {HOW_TO_PASS_IN_PARTS}")
-        head = [m.float() for m in _fold_forward(modules[end + 1:] + self.head)]
+        head = [m.float() for m in modules[end + 1:] + self.head]
         return nn.Sequential(*modules[:end + 1]), nn.Sequential(*head)
 
     def input_spec(self, pixel_scale: float) -> InputSpec:

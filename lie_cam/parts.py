@@ -28,7 +28,7 @@ from torch import nn
 
 from lie_cam.anatomy import InputSpec
 
-__all__ = ["PartsModel", "from_parts", "flat_modules", "HOW_TO_PASS_IN_PARTS"]
+__all__ = ["PartsModel", "from_parts", "flat_modules", "HOW_TO_PASS_IN_PARTS", "ChannelAffine", "fold_affine"]
 
 HOW_TO_PASS_IN_PARTS = (
     "any other CNN can be passed in parts: lie_cam.models.from_parts(features, head, "
@@ -36,6 +36,70 @@ HOW_TO_PASS_IN_PARTS = (
     "last Conv2d) and head mapping A to the logits (an nn.Sequential whose first nn.Linear is FC1)")
 
 _POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+
+
+class ChannelAffine(nn.Module):
+    """z -> scale * z + shift per feature (a dense batch norm in eval mode, as ONNX graphs write it)."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.scale + self.shift
+
+
+def _affine_of(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(s, t) in float64 when `module` computes s * z + t per feature (in eval mode), else None."""
+    if isinstance(module, ChannelAffine):
+        return module.scale.detach().double(), module.shift.detach().double()
+    if isinstance(module, nn.BatchNorm1d) and module.running_mean is not None:
+        scale = torch.rsqrt(module.running_var.double() + module.eps)
+        if module.weight is not None:
+            scale = scale * module.weight.detach().double()
+        shift = -module.running_mean.double() * scale
+        return scale, shift + (module.bias.detach().double() if module.bias is not None else 0.0)
+    return None
+
+
+def _fold_into(linear: nn.Linear, scale: torch.Tensor, shift: torch.Tensor, after: bool) -> None:
+    """linear := affine o linear (after=True: W' = diag(s) W, b' = s b + t) or linear o affine
+    (W' = W diag(s), b' = b + W t), computed in float64."""
+    weight = linear.weight.detach().double()
+    bias = linear.bias.detach().double() if linear.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+    if after:
+        weight, bias = scale[:, None] * weight, scale * bias + shift
+    else:
+        weight, bias = weight * scale[None, :], bias + weight @ shift
+    if linear.bias is None:
+        linear.bias = nn.Parameter(torch.empty_like(linear.weight[:, 0]))
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+
+
+def fold_affine(modules: list[nn.Module]) -> list[nn.Module]:
+    """The modules with each per-feature affine layer (BatchNorm1d in eval mode, `ChannelAffine`) folded
+    into the nn.Linear right before it, else the one right after it; one with no Linear next to it stays.
+    The Linear layers are changed in place (give copies)."""
+    out: list[nn.Module] = []
+    pending: list[nn.Module] = []  # affine layers after a non-Linear, waiting for the next Linear
+    for module in modules:
+        affine = _affine_of(module)
+        if affine is not None and not pending and out and isinstance(out[-1], nn.Linear):
+            _fold_into(out[-1], *affine, after=True)
+        elif affine is not None:
+            pending.append(module)
+        elif isinstance(module, nn.Linear) and pending:
+            for layer in reversed(pending):
+                _fold_into(module, *_affine_of(layer), after=False)
+            pending = []
+            out.append(module)
+        else:
+            out += pending + [module]
+            pending = []
+    return out + pending
 
 
 class PartsModel(nn.Module):
@@ -167,8 +231,8 @@ def from_parts(features: nn.Module, head: nn.Module, preprocess: InputSpec | Non
     preprocess: how pixels p in [0, 1] become x = (p - mean) / std, and the input side (default:
         torchvision's ImageNet convention at 224).
 
-    FC1 is rewritten to read flatten_CHW(A) with weight W_1 M and bias W_1 P(0) + b_1 (see the module
-    docstring); the parts are copied, the ones given are left as they were. The result is in eval mode.
+    FC1 is rewritten to read flatten_CHW(A) with weight W_1 M and bias W_1 P(0) + b_1, and batch norms
+    after it are folded into a Linear next to them (see the module docstring); the parts are copied, the ones given are left as they were. The result is in eval mode.
     ValueError (saying which part and why) for parts that cannot be put in that form.
     """
     for name, part in (("features", features), ("head", head)):
@@ -183,6 +247,8 @@ def from_parts(features: nn.Module, head: nn.Module, preprocess: InputSpec | Non
     probe = torch.zeros(1, 3, spec.side, spec.side, dtype=parameter.dtype, device=parameter.device)
     with torch.no_grad():
         shape = tuple(_run(tail, features_copy(probe)).shape[1:])
-    model = PartsModel(nn.Sequential(*trunk, *tail), nn.Sequential(_canonical_fc1(pre, fc1, shape), *rest), spec)
+    classifier = fold_affine([_canonical_fc1(pre, fc1, shape), *copy.deepcopy(rest)])  # head_copy stays as given
+    classifier = [m.to(fc1.weight.dtype) if isinstance(m, ChannelAffine) else m for m in classifier]
+    model = PartsModel(nn.Sequential(*trunk, *tail), nn.Sequential(*classifier), spec)
     _verify(model.eval(), features_copy, head_copy, spec)
     return model

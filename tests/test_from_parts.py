@@ -76,9 +76,14 @@ def test_fc1_reads_a_in_chw_order(built):
     features, head, model = built
     parts = split_vgg(model)
     assert parts.pixels_per_channel == 9 and parts.pools_before_a == 4 and parts.last_conv.out_channels == 16
-    # column (c, h, w) of the rebuilt FC1 is column (w, h, c) of the given one: the permutation, exactly
+    # column (c, h, w) of the rebuilt FC1 is column (w, h, c) of the given one, each row scaled by the
+    # BatchNorm1d after it, s = gamma / sqrt(var + eps), which is folded in (the head has no batch norm left)
+    bn = head[3]
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
     whc = head[2].weight.detach().reshape(24, 3, 3, 16)
-    assert torch.equal(model.classifier[0].weight, whc.permute(0, 3, 2, 1).reshape(24, -1))
+    expected = scale[:, None] * whc.permute(0, 3, 2, 1).reshape(24, -1)
+    assert torch.allclose(model.classifier[0].weight, expected, rtol=1e-6, atol=0)
+    assert [type(m) for m in model.classifier] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
 
 
 def test_the_parts_given_are_left_as_they_were():
@@ -100,7 +105,7 @@ def networks(built):
             "T1 safe": ATTACKS["T1"].build(model, input_size=SIDE, build="safe")}
 
 
-@pytest.mark.parametrize("name, bound", [("T1", 1e-3), ("T2", 1e-3), ("T3", 0.01), ("T4", 0.01), ("hijack", 0.1),
+@pytest.mark.parametrize("name, bound", [("T1", 1e-3), ("T2", 1e-3), ("T3", 0.01), ("T4", 0.01), ("hijack", 1e-3),
                                          ("T1 safe", 1e-3)])
 def test_every_attack_keeps_the_predictions(built, networks, name, bound):
     model, x = built[2], _pixels(6, 3)
@@ -165,3 +170,23 @@ def test_models_the_surgery_cannot_take_point_to_from_parts():
         gradcam(whole, _pixels(1, 0))
     with pytest.raises(TypeError, match="from_parts"):
         ATTACKS["hijack"].build(whole, images=_pixels(2, 0))
+
+
+@pytest.mark.parametrize("layers, kinds", [
+    ([nn.Linear(144, 10), nn.ReLU(), nn.BatchNorm1d(10), nn.Linear(10, 4)], [nn.Linear, nn.ReLU, nn.Linear]),
+    ([nn.Linear(144, 10), nn.BatchNorm1d(10), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 4)],
+     [nn.Linear, nn.ReLU, nn.Linear]),
+    ([nn.Linear(144, 10), nn.ReLU(), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 4), nn.BatchNorm1d(4)],
+     [nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.ReLU, nn.Linear]),
+])
+def test_batch_norms_of_the_head_are_folded_into_a_linear_next_to_them(layers, kinds):
+    features, _ = own_cnn(2)
+    head = nn.Sequential(nn.MaxPool2d(2), WHCFlatten(), *layers)
+    _randomise_bn(head, 5)
+    head.eval()
+    model = from_parts(features, head, preprocess=SPEC)
+    assert [type(m) for m in model.classifier] == kinds  # a batch norm between two ReLUs has no Linear next to it
+    x = _pixels(3, 7)
+    with torch.no_grad():
+        expected = head(features(x))
+        assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
