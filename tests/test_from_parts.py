@@ -190,3 +190,15 @@ def test_batch_norms_of_the_head_are_folded_into_a_linear_next_to_them(layers, k
     with torch.no_grad():
         expected = head(features(x))
         assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
+
+
+def test_in_float64_the_scores_of_t1_t2_and_the_hijack_are_kept_to_1e_9():
+    features, head = own_cnn(4)
+    model = from_parts(features.double(), head.double(), preprocess=SPEC)
+    x = _pixels(4, 8).double()
+    networks = {name: ATTACKS[name].build(model) for name in ("T1", "T2")}
+    networks["hijack"] = ATTACKS["hijack"].build(model, images=x)
+    with torch.no_grad():
+        y = model(x)
+        for name, network in networks.items():
+            assert score_change(y, network(x)).max().item() <= 1e-9, name
