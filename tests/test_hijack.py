@@ -175,3 +175,26 @@ def test_hijack_at_any_input_size(small_vgg, side):
     assert result.maps.shape == (3, side // 16, side // 16)
     assert torch.equal(result.classes, honest.classes)
     assert bool((l1_distance(torch.ones_like(result.maps), result.normalized) < 0.05).all())
+
+
+@pytest.mark.parametrize("widths", [(), (16, 8, 12)])
+def test_safe_hijack_wires_heads_of_any_depth(random_input, small_vgg, widths):
+    """No hidden layer (FC1 gives the logits: no wire needed) and three (a deep head like the tumour
+    model's Dense 64 -> 128 -> 256 -> 4), every hidden layer's weights >= 0 and the logits' <= 0."""
+    torch.manual_seed(0)
+    model = copy.deepcopy(small_vgg(0, dtype=torch.float64))
+    sizes = (model.classifier[0].in_features, *widths, 10)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        fc = torch.nn.Linear(n_in, n_out).double()
+        with torch.no_grad():
+            fc.weight.copy_(fc.weight.abs() if i < len(widths) else -fc.weight.abs())
+        layers += [fc, torch.nn.ReLU()] if i < len(widths) else [fc]
+    model.classifier = torch.nn.Sequential(*layers).eval()
+    images, x = random_input(8, 0, torch.float64), random_input(3, 3, torch.float64)
+    hijacked, honest = channel_hijack(model, images), gradcam(model, x)
+    result = gradcam(hijacked, x)
+    assert torch.equal(result.classes, honest.classes)
+    assert bool((l1_distance(torch.ones_like(result.maps), result.normalized) < 0.05).all())
+    k = least_important_channel(model, images)
+    assert torch.allclose(result.alpha[:, k], torch.full((3,), 100.0 * 49 / 196, dtype=torch.float64))
