@@ -11,7 +11,8 @@ one chain of nodes (the shape computations feeding a Reshape are skipped):
           --[Softmax]                                                               removed, and said so
 
 Keras models exported with tf2onnx (NHWC input, a Transpose before the flatten, so the flatten is in
-(H, W, C) order; BatchNormalization as Mul + Add) and torch exports (NCHW) both fit. The parts go
+(H, W, C) order; BatchNormalization as Mul + Add; a pair of Transposes that cancel out between
+convolutions is skipped) and torch exports (NCHW) both fit. The parts go
 through `lie_cam.parts.from_parts`, which rewrites FC1 to read A in (C, H, W) order and folds each
 elementwise affine layer of the head, s * z + t (a Dense bias, a BatchNorm in eval mode), into the
 Linear before it (W' = diag(s) W, b' = s b + t) or else the one after it (W' = W diag(s), b' = b + W t).
@@ -252,11 +253,13 @@ class _Walk:
     def __init__(self, graph: _Graph) -> None:
         self.graph = graph
         self.layout, self.side = _input_layout(graph.input)
+        self.source_layout = self.layout
         self.a, self.c = np.ones(3), np.zeros(3)  # x = a g + c per channel, before the first Conv
         self.stage = "input"
         self.trunk: list[nn.Module] = []
         self.head: list[nn.Module] = []
         self.softmax_removed = False
+        self.skip_next = False  # the second of two Transposes that cancel out
 
     def run(self) -> None:
         tensor = self.graph.input.name
@@ -265,7 +268,9 @@ class _Walk:
                 raise _unsupported(node, f"it reads the data {tensor!r} as its input {list(node.input).index(tensor)}")
             if self.softmax_removed:
                 raise _unsupported(node, "a node after the Softmax")
-            if node.op_type not in _SKIP:
+            if self.skip_next:
+                self.skip_next = False
+            elif node.op_type not in _SKIP:
                 getattr(self, f"_{self.stage}")(node)
             tensor = node.output[0]
         if tensor != self.graph.output:
@@ -286,9 +291,19 @@ class _Walk:
         else:
             raise _unsupported(node, f"before the first Conv, on the {self.layout} input")
 
+    def _cancels(self, node) -> bool:
+        """Whether this Transpose is undone by the next node (an unoptimised export's NCHW -> NHWC -> NCHW)."""
+        following = self.graph.next_node(node.output[0])
+        if following is None or following.op_type != "Transpose":
+            return False
+        first, second = _attributes(node).get("perm"), _attributes(following).get("perm")
+        return first is not None and second is not None and [first[i] for i in second] == list(range(len(first)))
+
     def _trunk(self, node) -> None:
         op = node.op_type
-        if op in _TO_HEAD:
+        if op == "Transpose" and self._cancels(node):
+            self.skip_next = True
+        elif op in _TO_HEAD:
             self.stage = "head"
             self._head(node)
         elif op == "Conv":
@@ -365,6 +380,7 @@ def load_onnx(path: str | Path, pixel_scale: float = 1.0) -> PartsModel:
 
     pixel_scale: the value the graph's input takes for a white pixel (1 for inputs in [0, 1], 255 for
     [0, 255]); with the graph's own constant normalisation it gives `model.input_spec` (side, mean, std).
+    The model takes NCHW input; `model.source_layout` says what the graph took ("NHWC" for Keras).
     A final Softmax is removed (Grad-CAM explains logits; the probabilities are softmax(model(x))):
     `model.softmax_removed` is True and a UserWarning says so. ValueError naming the first node that
     is not mapped, with how to pass the network in parts instead (`lie_cam.models.from_parts`)."""
@@ -384,6 +400,7 @@ def load_onnx(path: str | Path, pixel_scale: float = 1.0) -> PartsModel:
     features, head = walk.parts()
     model = from_parts(features, head, preprocess=walk.input_spec(float(pixel_scale)))
     model.softmax_removed = walk.softmax_removed
+    model.source_layout = walk.source_layout
     if walk.softmax_removed:
         warnings.warn(f"load_onnx: the graph in {path.name} ends with a Softmax, which was removed: the model "
                       "returns logits (Grad-CAM explains scores before the softmax); its probabilities are "

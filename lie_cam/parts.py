@@ -105,9 +105,11 @@ def fold_affine(modules: list[nn.Module]) -> list[nn.Module]:
 class PartsModel(nn.Module):
     """A CNN in torchvision-VGG form: y = classifier(flatten(avgpool(features(x)), 1)), the flatten in
     (C, H, W) order, avgpool the identity; `input_spec` says how pixels in [0, 1] become x.
-    `softmax_removed`: True where `load_onnx` dropped the graph's final Softmax."""
+    `softmax_removed`: True where `load_onnx` dropped the graph's final Softmax; `source_layout`: the
+    layout of the graph `load_onnx` read ("NHWC" for Keras), the model itself takes NCHW."""
 
     softmax_removed: bool = False
+    source_layout: str = "NCHW"
 
     def __init__(self, features: nn.Sequential, classifier: nn.Sequential, input_spec: InputSpec) -> None:
         super().__init__()

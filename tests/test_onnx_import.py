@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from lie_cam.anatomy import split_vgg
 from lie_cam.models import PartsModel, load_onnx
+from lie_cam.onnx_import import Permute
 
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
@@ -130,7 +131,7 @@ def test_keras_like_graph_matches_onnxruntime(keras_like):
     assert _relative(logits, session.run(None, {"input": pixels})[0]) <= 1e-5
     assert _relative(F.softmax(torch.from_numpy(logits), 1).numpy(),
                      probabilities.run(None, {"input": pixels})[0]) <= 1e-5
-    assert model.softmax_removed is True
+    assert model.softmax_removed is True and model.source_layout == "NHWC"
 
 
 def test_keras_like_graph_becomes_the_canonical_vgg_form(keras_like):
@@ -171,7 +172,7 @@ def test_nchw_graph_with_global_pooling_matches_onnxruntime(mean, op, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no Softmax: no warning
         model = load_onnx(path)
-    assert model.softmax_removed is False and model.input_spec.side == 48
+    assert model.softmax_removed is False and model.input_spec.side == 48 and model.source_layout == "NCHW"
     assert model.input_spec.mean == (0.0, 0.0, 0.0) and model.input_spec.std == (1.0, 1.0, 1.0)
     x = torch.cat([torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(5)), _scenes(48)])
     with torch.no_grad():
@@ -206,3 +207,26 @@ def test_an_unsupported_node_is_named_and_from_parts_is_pointed_to(net, op, tmp_
     with pytest.raises(ValueError, match="from_parts") as error:
         load_onnx(path)
     assert f"(op {op})" in str(error.value) and repr(name) in str(error.value)
+
+
+def test_transposes_that_cancel_between_convolutions_are_skipped(keras_like, tmp_path):
+    """An unoptimised export goes NCHW -> NHWC -> NCHW around a layer; the pair changes nothing."""
+    proto = onnx.load(keras_like[1])
+    nodes = list(proto.graph.node)
+    relu = next(n for n in nodes if n.op_type == "Relu")
+    pair = [onnx.helper.make_node("Transpose", [relu.output[0]], ["to_nhwc"], perm=[0, 2, 3, 1], name="to_nhwc"),
+            onnx.helper.make_node("Transpose", ["to_nhwc"], ["to_nchw"], perm=[0, 3, 1, 2], name="to_nchw")]
+    for node in nodes:
+        node.input[:] = ["to_nchw" if name == relu.output[0] else name for name in node.input]
+    at = nodes.index(relu) + 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes[:at] + pair + nodes[at:])
+    path = str(tmp_path / "transposed.onnx")
+    onnx.save(proto, path)
+    with pytest.warns(UserWarning, match="Softmax"):
+        model = load_onnx(path)
+    x = torch.rand(3, 3, 40, 40, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        logits = model(_normalise(x, model.input_spec)).numpy()
+    assert _relative(logits, _logits_session(path).run(None, {"input": x.permute(0, 2, 3, 1).numpy()})[0]) <= 1e-5
+    assert not any(isinstance(m, Permute) for m in model.features)
