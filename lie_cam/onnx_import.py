@@ -325,6 +325,9 @@ class _Walk:
         elif op in ("Flatten", "Reshape", "Squeeze") and not dense:
             if op == "Flatten" and att.get("axis", 1) != 1:
                 raise _unsupported(node, f"a Flatten at axis {att['axis']}")
+            shape = self.graph.constants.get(node.input[1]) if op == "Reshape" else None
+            if shape is not None and np.asarray(shape).size != 2:
+                raise _unsupported(node, f"a Reshape to {np.asarray(shape).tolist()}, not a flatten to 2 dimensions")
             self.head.append(nn.Flatten())
         elif op == "GlobalAveragePool" and not dense:
             self.head.append(nn.AdaptiveAvgPool2d(1))

@@ -200,7 +200,16 @@ class Residual(nn.Module):
         return self.fc(torch.relu(self.conv(x) + x).flatten(1))
 
 
-@pytest.mark.parametrize("net, op", [(WithSigmoid, "Sigmoid"), (Residual, "Add")])
+class NotAFlatten(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(16 * 16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).reshape(1, 4, -1)).sum(1)
+
+
+@pytest.mark.parametrize("net, op", [(WithSigmoid, "Sigmoid"), (Residual, "Add"), (NotAFlatten, "Reshape")])
 def test_an_unsupported_node_is_named_and_from_parts_is_pointed_to(net, op, tmp_path):
     path = _export(net().eval(), (3, 16, 16), tmp_path / "bad.onnx")
     name = next(n.name for n in onnx.load(path).graph.node if n.op_type == op)
