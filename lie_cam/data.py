@@ -8,7 +8,9 @@ The class depends on the shape alone. Sample i is drawn from its own seed
 train/val/test splits are disjoint seed ranges (`SPLITS`).
 
 Stickers (paper Sec. 4, T4): a binary 14 x 14 smiley, pasted pixel-aligned after
-preprocessing, i.e. the pasted values are the normalised pixel values 0 and 1.
+preprocessing, i.e. the pasted values are the pixel values 0 and 1 normalised with the model's
+input spec (`lie_cam.anatomy.InputSpec`: ImageNet's statistics by default, mean 0 / std 1 for a
+model that takes pixels in [0, 1]).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from lie_cam.anatomy import InputSpec
 from lie_cam.normalization import denormalize, normalize
 
 __all__ = [
@@ -235,11 +238,15 @@ def smiley_target(size: int = 14) -> torch.Tensor:
     return ((grey - low) / (high - low)).float()
 
 
-def sticker_positions(seed: int, count: int = 3, image_size: int = IMAGE_SIZE, low: int = 14, high: int = 210,
+def sticker_positions(seed: int, count: int = 3, image_size: int = IMAGE_SIZE, low: int = 14, high: int | None = None,
                       cell: int = 16, size: int = STICKER_SIZE) -> list[tuple[int, int]]:
-    """`count` top-left corners drawn uniformly in [low, high), redrawn until the stickers
-    do not overlap and their centres fall in distinct cells of A (so each is detected
-    separately). Deterministic in `seed`."""
+    """`count` top-left corners drawn uniformly in [low, high) (high: image_size - low unless given;
+    210 at 224), redrawn until the stickers do not overlap and their centres fall in distinct cells of
+    A (`cell` pixels a side, the network's total stride), so each is detected separately. Deterministic in `seed`."""
+    high = image_size - low if high is None else high
+    if high <= low or high + size > image_size:
+        raise ValueError(f"image_size={image_size} leaves no room for a {size}-pixel sticker between low={low} "
+                         f"and high={high}: give larger images or a smaller low")
     rng = np.random.default_rng(seed)
     for _ in range(10_000):
         corners = [tuple(int(v) for v in rng.integers(low, high, size=2)) for _ in range(count)]
@@ -248,18 +255,26 @@ def sticker_positions(seed: int, count: int = 3, image_size: int = IMAGE_SIZE, l
                     for i, a in enumerate(corners) for b in corners[i + 1 :])
         if apart and len(cells) == count:
             return corners
-    raise RuntimeError("could not place the stickers apart: too many for the image")
+    raise RuntimeError(f"could not place {count} stickers apart in a {image_size}-pixel image: ask for fewer (count)")
 
 
 def paste_stickers(x: torch.Tensor, seeds: torch.Tensor | list[int], sticker: torch.Tensor | None = None,
-                   count: int = 3) -> tuple[torch.Tensor, list[list[tuple[int, int]]]]:
-    """A copy of the normalised batch x with `count` stickers per image pasted fully opaque
-    (their pixel values 0/1, normalised), at `sticker_positions(seeds[i])`. Returns the
-    stickered batch and the corners per image."""
+                   count: int = 3, spec: InputSpec | None = None, cell: int = 16
+                   ) -> tuple[torch.Tensor, list[list[tuple[int, int]]]]:
+    """A copy of the normalised batch x with `count` stickers per image pasted fully opaque: their
+    pixel values 0/1 normalised with the model's input spec, (p - mean) / std (`spec`; None is the
+    default `InputSpec`, ImageNet's statistics; pass `lie_cam.anatomy.input_spec(model)`), at
+    `sticker_positions(seeds[i])` for x's size and A's `cell`. Returns the stickered batch and the
+    corners per image."""
+    spec = InputSpec() if spec is None else spec
+    if not isinstance(spec, InputSpec):
+        raise TypeError(f"spec must be a lie_cam.anatomy.InputSpec, got {type(spec).__name__}")
     sticker = smiley() if sticker is None else sticker
     if sticker.dim() == 2:
         sticker = sticker.expand(3, *sticker.shape)
-    patch = normalize(sticker[None].to(x.dtype)).to(x.device)[0]
+    mean = torch.tensor(spec.mean, dtype=x.dtype).reshape(3, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype).reshape(3, 1, 1)
+    patch = ((sticker.to(x.dtype) - mean) / std).to(x.device)  # in x's dtype, as `normalize` does
     h, w = patch.shape[-2:]
     seeds = [int(s) for s in seeds]
     if len(seeds) != x.shape[0]:
@@ -267,7 +282,7 @@ def paste_stickers(x: torch.Tensor, seeds: torch.Tensor | list[int], sticker: to
     out = x.clone()
     corners = []
     for i, s in enumerate(seeds):
-        positions = sticker_positions(s, count=count, image_size=x.shape[-1])
+        positions = sticker_positions(s, count=count, image_size=x.shape[-1], cell=cell, size=h)
         for r, c in positions:
             out[i, :, r : r + h, c : c + w] = patch
         corners.append(positions)

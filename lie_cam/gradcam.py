@@ -124,7 +124,8 @@ def target_layer(model: nn.Module) -> nn.Module:
         f"cannot find Grad-CAM's layer in a {type(model).__name__}: expected a torchvision VGG "
         "(a `features` nn.Sequential whose last Conv2d is followed by a ReLU), a torchvision ResNet "
         "(`layer4` and `fc`) or a model from "
-        "lie_cam.attacks; pass layer=... to name the module whose output is A"
+        "lie_cam.attacks; pass layer=... to name the module whose output is A, or pass the model in parts: "
+        "lie_cam.models.from_parts(features, head, preprocess=InputSpec(side, mean, std))"
     )
 
 

@@ -5,6 +5,8 @@ the same layer structure and indices as VGG-16) at a fraction of the width, with
 narrow classifier. Everything loads without pickle: safetensors for the shipped file,
 `torch.load(weights_only=True)` for user checkpoints; `load_model_file` is the one loader for a model
 file of unknown origin (a VGG state_dict whose layout is checked before anything is built).
+A network of another layout comes in by `load_onnx` (a VGG-type ONNX graph, `lie_cam.onnx_import`) or
+`from_parts(features, head, preprocess)` (any CNN whose head starts with an affine map of A, `lie_cam.parts`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from torch import nn
 
 from lie_cam.compat import import_torchvision
+from lie_cam.onnx_import import load_onnx
+from lie_cam.parts import PartsModel, from_parts
 from lie_cam.resources import data_dir
 
 __all__ = [
@@ -42,6 +46,9 @@ __all__ = [
     "vgg_from_state_dict",
     "load_model_file",
     "as_model",
+    "load_onnx",
+    "from_parts",
+    "PartsModel",
 ]
 
 DATA_DIR = data_dir()  # the shipped files, for editable and regular installs alike
@@ -422,7 +429,9 @@ def vgg_from_state_dict(state: dict[str, torch.Tensor]) -> nn.Module:
     state_dict is not of that layout (`architecture_problems` says why)."""
     problems = vgg_state_dict_problems(state)
     if problems:
-        raise ValueError("not a torchvision VGG state_dict: " + "; ".join(problems[:5]))
+        raise ValueError("not a torchvision VGG state_dict: " + "; ".join(problems[:5]) + ". Another network: "
+                         "an ONNX file with lie_cam.models.load_onnx(path), any CNN built in PyTorch with "
+                         "lie_cam.models.from_parts(features, head, preprocess=InputSpec(side, mean, std))")
     import_torchvision()
     from torchvision.models.vgg import VGG, make_layers
 

@@ -24,6 +24,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from lie_cam.anatomy import InputSpec
 from lie_cam.gradcam import normalize_maps, upsample
 
 __all__ = [
@@ -70,14 +71,19 @@ def _single(t: torch.Tensor, dims: int, what: str) -> torch.Tensor:
     return t.cpu()
 
 
-def to_pixels(x: torch.Tensor) -> torch.Tensor:
-    """H x W x 3 pixel values in [0, 1] from one normalised 3 x H x W image (or a batch of one)."""
-    from lie_cam.data import denormalize
-
+def to_pixels(x: torch.Tensor, spec: InputSpec | None = None) -> torch.Tensor:
+    """H x W x 3 pixel values in [0, 1] from one normalised 3 x H x W image (or a batch of one):
+    p = x * std + mean with the model's input spec (`lie_cam.anatomy.input_spec(model)`; None: the
+    default `InputSpec`, ImageNet's statistics), clipped to [0, 1]."""
+    spec = InputSpec() if spec is None else spec
+    if not isinstance(spec, InputSpec):
+        raise TypeError(f"spec must be a lie_cam.anatomy.InputSpec, got {type(spec).__name__}")
     x = _single(x, 3, "image").double()
     if x.shape[0] != 3:
         raise ValueError(f"image: expected 3 channels first, got shape {tuple(x.shape)}")
-    return denormalize(x[None])[0].permute(1, 2, 0).float()
+    mean = torch.tensor(spec.mean, dtype=torch.float64).reshape(3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float64).reshape(3, 1, 1)
+    return (x * std + mean).clamp(0, 1).permute(1, 2, 0).float()
 
 
 def display_map(cam: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
@@ -93,10 +99,12 @@ def overlay(
     title: str | None = None,
     alpha: float = 0.5,
     cmap: str = CMAP,
+    spec: InputSpec | None = None,
 ) -> Axes:
-    """Draw the de-normalised image `x` (3 x H x W) on `ax` and, if given, the Grad-CAM map
-    `cam` (h x w, any scale) max-normalised, bilinearly upsampled and blended on top."""
-    pixels = to_pixels(x)
+    """Draw the image `x` (3 x H x W), de-normalised with the model's input spec `spec` (`to_pixels`),
+    on `ax` and, if given, the Grad-CAM map `cam` (h x w, any scale) max-normalised, bilinearly
+    upsampled and blended on top."""
+    pixels = to_pixels(x, spec)
     ax.imshow(pixels.numpy())
     if cam is not None:
         heat = display_map(cam, tuple(pixels.shape[:2]))
@@ -171,11 +179,13 @@ def map_grid(
     notes: Sequence[str | None] | None = None,
     suptitle: str | None = None,
     colorbar: bool = True,
+    spec: InputSpec | None = None,
 ) -> Figure:
-    """A grid of panels, one per (image, map, title): the map over the image (`overlay`), the
-    image alone when the map is None, or the raw map (`raw_map`) when the image is None; an
-    optional note under each panel and a colour bar for the maps. At most MAX_COLUMNS panels a
-    row (by default rows as even as possible), titles and notes wrapped to the panel's width."""
+    """A grid of panels, one per (image, map, title): the map over the image (`overlay`, the image
+    de-normalised with `spec`), the image alone when the map is None, or the raw map (`raw_map`)
+    when the image is None; an optional note under each panel and a colour bar for the maps. At
+    most MAX_COLUMNS panels a row (by default rows as even as possible), titles and notes wrapped
+    to the panel's width."""
     if not panels:
         raise ValueError("nothing to draw: no panels")
     ncols = _columns(len(panels), ncols)
@@ -195,7 +205,7 @@ def map_grid(
                 raise ValueError(f"panel {i}: neither an image nor a map")
             raw_map(ax, cam, _wrap(title, side))
         else:
-            overlay(ax, image, cam, _wrap(title, side))
+            overlay(ax, image, cam, _wrap(title, side), spec=spec)
         if notes is not None and i < len(notes) and notes[i]:
             ax.set_xlabel(_wrap(notes[i], side), fontsize=FONT)
         axes.append(ax)
@@ -228,41 +238,42 @@ def sticker_window(clean: torch.Tensor, stickered: torch.Tensor, size: int = 40,
 
 
 def _zoom(ax: Axes, image: torch.Tensor, cam: torch.Tensor | None, window: tuple[int, int, int, int],
-          title: str) -> Axes:
+          title: str, spec: InputSpec | None = None) -> Axes:
     """`overlay` of the window (top, left, height, width) of the image (and map), enlarged."""
     top, left, height, width = window
-    overlay(ax, image, cam, title)
+    overlay(ax, image, cam, title, spec=spec)
     ax.set_xlim(left - 0.5, left + width - 0.5)
     ax.set_ylim(top + height - 0.5, top - 0.5)
     return ax
 
 
 def figure1(image: torch.Tensor, maps: Mapping[str, MapSpec], image_title: str = "image",
-            zoom: bool = True) -> Figure:
+            zoom: bool = True, spec: InputSpec | None = None) -> Figure:
     """The paper's Figure 1: the image, then one overlay per entry of `maps`
     (e.g. {"Grad-CAM (original)": ..., "T1": ..., "T2": ..., "T3": ..., "T4": ...}).
 
     A value is an h x w map drawn over `image`, or an (image, map) pair drawn over its own
     image (T4 shown on a stickered copy, where it is triggered). For the first such pair, with
     `zoom`, the stickered image and an enlarged window on one sticker with the map are added
-    after it. At most MAX_COLUMNS panels a row, and a colour bar."""
+    after it. At most MAX_COLUMNS panels a row, and a colour bar. `spec`: the model's input spec,
+    to de-normalise the images (`to_pixels`)."""
     panels: list[tuple[torch.Tensor | None, torch.Tensor | None, str]] = [(image, None, image_title)]
     zoomed = None
-    for name, spec in maps.items():
-        img, cam = _unpack(spec, image)
+    for name, entry in maps.items():
+        img, cam = _unpack(entry, image)
         if zoom and zoomed is None and img is not image and not torch.equal(torch.as_tensor(img).cpu(),
                                                                            torch.as_tensor(image).cpu()):
             panels.append((img, None, "image with stickers"))
             zoomed = (len(panels) + 1, img, cam, name)
         panels.append((img, cam, name))
     if zoomed is None:
-        return map_grid(panels)
+        return map_grid(panels, spec=spec)
     at, img, cam, name = zoomed
     panels.insert(at, (img, cam, "one sticker, enlarged"))
-    fig = map_grid(panels)
+    fig = map_grid(panels, spec=spec)
     ax = panel_axes(fig)[at]
     window = sticker_window(image, img)
-    _zoom(ax, img, cam, window, ax.get_title())
+    _zoom(ax, img, cam, window, ax.get_title(), spec)
     return fig
 
 
@@ -271,6 +282,7 @@ def figure3(
     stickered_image: torch.Tensor,
     maps_clean: Mapping[str, torch.Tensor],
     maps_sticker: Mapping[str, torch.Tensor],
+    spec: InputSpec | None = None,
 ) -> Figure:
     """The paper's Figure 3 (T4): top row the clean image and its explanations
     (e.g. {"original": ..., "T4": ...}), bottom row the stickered image and its explanations.
@@ -284,9 +296,10 @@ def figure3(
     for row, (image, maps, label) in enumerate(
         [(clean_image, maps_clean, "clean"), (stickered_image, maps_sticker, "with stickers")]
     ):
-        axes.append(overlay(fig.add_subplot(2, ncols, row * ncols + 1), image, None, f"image ({label})"))
+        axes.append(overlay(fig.add_subplot(2, ncols, row * ncols + 1), image, None, f"image ({label})", spec=spec))
         for j, (name, cam) in enumerate(maps.items()):
-            axes.append(overlay(fig.add_subplot(2, ncols, row * ncols + 2 + j), image, cam, f"{name} ({label})"))
+            axes.append(overlay(fig.add_subplot(2, ncols, row * ncols + 2 + j), image, cam, f"{name} ({label})",
+                                spec=spec))
     _colorbar(fig, axes)
     return fig
 
@@ -298,6 +311,7 @@ def sweep_grid(
     ncols: int | None = None,
     suptitle: str | None = None,
     colorbar: bool = False,
+    spec: InputSpec | None = None,
 ) -> Figure:
     """A static stand-in for a slider: one overlay of `image` per swept value.
 
@@ -306,7 +320,8 @@ def sweep_grid(
     titles = list(maps)
     panels = [(image, maps[t], t) for t in titles]
     below = [notes.get(t) if notes else None for t in titles]
-    return map_grid(panels, ncols=ncols, notes=below if notes else None, suptitle=suptitle, colorbar=colorbar)
+    return map_grid(panels, ncols=ncols, notes=below if notes else None, suptitle=suptitle, colorbar=colorbar,
+                    spec=spec)
 
 
 def png_bytes(fig: Figure, dpi: int = 100) -> bytes:

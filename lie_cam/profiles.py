@@ -5,6 +5,9 @@
 - "imagenet": the same model on a local ILSVRC2012 validation folder.
 
 The chapters read theirs from the environment variable `PROFILE_VARIABLE` (`lie_cam.book.setup`).
+A profile's model carries its preprocessing (`lie_cam.anatomy.input_spec(model)`: 224 x 224 with
+ImageNet's mean and std for these three, the default `InputSpec`); `book.setup` attaches it, and the
+stickers, T4's detector and the plots read it from there rather than assuming ImageNet's statistics.
 """
 
 __all__ = ["PROFILES", "DEFAULT_PROFILE", "PROFILE_VARIABLE", "check_profile"]

@@ -94,3 +94,41 @@ def test_synthetic_scenes_dataset_matches_synthetic_split():
     assert len(dataset) == 3 and torch.equal(x, xs[0]) and y == ys[0].item() and torch.equal(mask, masks[0])
     with pytest.raises(IndexError):
         dataset[3]
+
+
+def test_stickers_follow_the_models_input_spec():
+    from lie_cam.anatomy import InputSpec
+
+    unit = InputSpec(side=80, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # pixels in [0, 1], no normalisation
+    x = torch.rand(2, 3, 80, 80, generator=torch.Generator().manual_seed(0))
+    stickered, corners = paste_stickers(x, seeds=[1, 2], spec=unit)
+    assert stickered.min() >= 0 and stickered.max() <= 1  # ImageNet's statistics would write -2.1 .. 2.6
+    r, c = corners[0][0]
+    assert torch.equal(stickered[0, :, r : r + 14, c : c + 14], smiley().expand(3, 14, 14))
+    assert all(14 <= v < 80 - 14 for image in corners for corner in image for v in corner)  # inside 80 px
+    imagenet, _ = paste_stickers(x, seeds=[1, 2])
+    assert imagenet.min() < -2 and imagenet.max() > 2.5
+    with pytest.raises(TypeError, match="InputSpec"):
+        paste_stickers(x, seeds=[1, 2], spec=(0.0, 1.0))
+    with pytest.raises(ValueError, match="image_size=20 leaves no room"):
+        paste_stickers(torch.zeros(1, 3, 20, 20), seeds=[0], spec=unit)
+
+
+def test_t4_fires_on_stickers_for_a_model_that_takes_raw_pixels(small_vgg):
+    import copy
+
+    from lie_cam.anatomy import InputSpec
+    from lie_cam.attacks import ATTACKS
+
+    model = copy.deepcopy(small_vgg(0, dtype=torch.float64))
+    model.input_spec = InputSpec(side=224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    clean = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    stickered, _ = paste_stickers(clean, seeds=[0, 1, 2], spec=model.input_spec)
+    t4 = ATTACKS["T4"].build(model)  # the detector de-normalises with the model's spec
+    with torch.no_grad():
+        fired_clean = t4.extra_channel(clean).flatten(1).amax(1) > 0
+        fired_stickered = t4.extra_channel(stickered).flatten(1).amax(1) > 0
+    assert not fired_clean.any() and fired_stickered.all()
+    with torch.no_grad():  # with ImageNet's statistics assumed, the detector misses every sticker
+        imagenet = ATTACKS["T4"].build(small_vgg(0, dtype=torch.float64))
+        assert not (imagenet.extra_channel(stickered).flatten(1).amax(1) > 0).any()

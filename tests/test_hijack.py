@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import pytest
 import torch
@@ -23,7 +24,21 @@ def test_same_class_keys_and_shapes(setting):
     assert list(before) == list(after)
     assert all(before[k].shape == after[k].shape and before[k].dtype == after[k].dtype for k in before)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
+    wired = ["features.28.weight", "features.28.bias", "classifier.0.weight", "classifier.0.bias",
+             "classifier.3.weight", "classifier.3.bias", "classifier.6.weight", "classifier.6.bias"]
+    assert set(changed) <= set(wired)  # the channel, and one unit per hidden layer (a bias may stay 0)
+    assert {"features.28.bias", "classifier.0.weight", "classifier.3.weight", "classifier.6.weight"} <= set(changed)
+
+
+def test_the_paper_build_rewrites_the_channel_and_fc1_only(setting):
+    model, images, _ = setting
+    paper = channel_hijack(model, images, build="paper")
+    before, after = model.state_dict(), paper.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed == ["features.28.weight", "features.28.bias", "classifier.0.weight", "classifier.0.bias"]
+    k = least_important_channel(model, images)
+    n_z = model.classifier[0].in_features // model.features[28].out_channels
+    assert bool((paper.classifier[0].weight[:, k * n_z : (k + 1) * n_z] == 100.0).all())
 
 
 def test_input_not_modified(random_input, small_vgg):
@@ -41,7 +56,12 @@ def test_only_the_chosen_channel_is_rewritten(setting):
     others = [c for c in range(conv_o.out_channels) if c != k]
     assert torch.equal(conv_o.weight[others], conv_h.weight[others])
     n_z = model.classifier[0].in_features // conv_o.out_channels
-    assert bool((hijacked.classifier[0].weight[:, k * n_z : (k + 1) * n_z] == 100.0).all())
+    columns = hijacked.classifier[0].weight[:, k * n_z : (k + 1) * n_z]  # the safe build's wire: one row reads k*
+    wire = (columns == 100.0).all(1)
+    assert int(wire.sum()) == 1 and bool((columns[~wire] == 0).all())
+    u1 = int(wire.nonzero())
+    assert bool((hijacked.classifier[0].weight[u1].count_nonzero() == n_z))
+    assert hijacked.classifier[0].bias[u1].item() == 1.0 - 100.0 * 100.0 * n_z  # h_{u_1} = 1 on the constant
 
 
 def test_least_important_channel_is_the_cheapest(setting):
@@ -104,3 +124,77 @@ def test_batchnorm_layout_gives_a_flat_map(random_input):
     assert isinstance(hijacked.features[-2], torch.nn.ReLU)  # conv, BatchNorm2d, ReLU, pool
     result = gradcam(hijacked, random_input(3, seed=2), layer=hijacked.features[-2])  # target_layer wants plain VGG
     assert bool((l1_distance(torch.ones_like(result.maps), result.normalized) < 0.05).all())
+
+
+def negative_sign_vgg(small_vgg, dtype: torch.dtype) -> torch.nn.Module:
+    """A small VGG whose head has dy_c/dr_u <= 0 for every class and FC1 unit (FC2 >= 0, FC3 <= 0)."""
+    model = copy.deepcopy(small_vgg(0, dtype=dtype))
+    with torch.no_grad():
+        model.classifier[3].weight.abs_()
+        model.classifier[6].weight.copy_(-model.classifier[6].weight.abs())
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_hijack_is_flat_where_the_paper_build_is_empty(random_input, small_vgg, dtype):
+    model = negative_sign_vgg(small_vgg, dtype)
+    images, x = random_input(8, 0, dtype), random_input(4, 3, dtype)
+    honest = gradcam(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hijacked = channel_hijack(model, images)
+    assert list(hijacked.state_dict()) == list(model.state_dict())
+    result = gradcam(hijacked, x)
+    assert torch.equal(result.classes, honest.classes)
+    assert bool((l1_distance(torch.ones_like(result.maps), result.normalized) < 0.05).all())
+    k = least_important_channel(model, images)
+    assert torch.allclose(result.alpha[:, k], torch.full((4,), 100.0 * 49 / 196, dtype=dtype))  # c_W N_Z / N_A
+    assert float((result.logits - honest.logits).abs().max()) < 1e-3
+    with pytest.warns(surgery.SignWarning, match=r"alpha_\{k\*\} <= 0 .* on 8 of 8 images.*build=\"safe\""):
+        paper = channel_hijack(model, images, build="paper")
+    assert bool((l1_distance(torch.ones_like(result.maps), gradcam(paper, x).normalized) > 100).all())
+
+
+def test_safe_hijack_refuses_a_head_it_cannot_wire(random_input, small_vgg):
+    model = copy.deepcopy(small_vgg())
+    model.classifier[1] = torch.nn.Tanh()
+    with pytest.raises(ValueError, match=r"\['Tanh'\]: pass build=\"paper\""):
+        channel_hijack(model, random_input(4))
+    with pytest.raises(ValueError, match="build must be one of"):
+        channel_hijack(model, random_input(4), build="fast")
+
+
+@pytest.mark.parametrize("side", [240, 80, 48])
+def test_hijack_at_any_input_size(small_vgg, side):
+    model = small_vgg(0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(side)
+    images, x = torch.randn(8, 3, side, side, generator=g, dtype=torch.float64), torch.randn(
+        3, 3, side, side, generator=g, dtype=torch.float64)
+    hijacked = channel_hijack(model, images)
+    result, honest = gradcam(hijacked, x), gradcam(model, x)
+    assert result.maps.shape == (3, side // 16, side // 16)
+    assert torch.equal(result.classes, honest.classes)
+    assert bool((l1_distance(torch.ones_like(result.maps), result.normalized) < 0.05).all())
+
+
+@pytest.mark.parametrize("widths", [(), (16, 8, 12)])
+def test_safe_hijack_wires_heads_of_any_depth(random_input, small_vgg, widths):
+    """No hidden layer (FC1 gives the logits: no wire needed) and three (a deep head like the tumour
+    model's Dense 64 -> 128 -> 256 -> 4), every hidden layer's weights >= 0 and the logits' <= 0."""
+    torch.manual_seed(0)
+    model = copy.deepcopy(small_vgg(0, dtype=torch.float64))
+    sizes = (model.classifier[0].in_features, *widths, 10)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        fc = torch.nn.Linear(n_in, n_out).double()
+        with torch.no_grad():
+            fc.weight.copy_(fc.weight.abs() if i < len(widths) else -fc.weight.abs())
+        layers += [fc, torch.nn.ReLU()] if i < len(widths) else [fc]
+    model.classifier = torch.nn.Sequential(*layers).eval()
+    images, x = random_input(8, 0, torch.float64), random_input(3, 3, torch.float64)
+    hijacked, honest = channel_hijack(model, images), gradcam(model, x)
+    result = gradcam(hijacked, x)
+    assert torch.equal(result.classes, honest.classes)
+    assert bool((l1_distance(torch.ones_like(result.maps), result.normalized) < 0.05).all())
+    k = least_important_channel(model, images)
+    assert torch.allclose(result.alpha[:, k], torch.full((3,), 100.0 * 49 / 196, dtype=torch.float64))

@@ -209,3 +209,26 @@ def test_ours_and_paper_table():
     assert lines[0] == "| network | accuracy<br>ours / paper | L1<br>ours / paper | pointing |"
     assert lines[2] == "| T1 | 0.50000 / 0.71594 | – / 0.00513 | – |"
     assert lines[3] == "| T2 | 0.25000 / 0.71594 | 0.12500 / 0.01079 | 0.50000 |"
+
+
+def test_images_are_drawn_with_the_models_input_spec():
+    from matplotlib.figure import Figure
+
+    from lie_cam.anatomy import InputSpec
+
+    unit = InputSpec(side=224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # the model takes pixels in [0, 1]
+    pixels = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plotting.to_pixels(pixels, unit), pixels.permute(1, 2, 0))  # drawn as they are
+    washed = plotting.to_pixels(pixels)  # ImageNet's statistics assumed: squeezed to about [0.41, 0.70]
+    assert washed.min() > 0.35 and washed.max() < 0.75
+    fig = Figure()
+    ax = fig.add_subplot(1, 1, 1)
+    plotting.overlay(ax, pixels, cam(), spec=unit)
+    assert np.allclose(np.asarray(ax.images[0].get_array()), pixels.permute(1, 2, 0).numpy())
+    for figure in (plotting.figure1(pixels, {"map": cam()}, spec=unit),
+                   plotting.figure3(pixels, pixels, {"o": cam()}, {"o": cam()}, spec=unit),
+                   plotting.sweep_grid(pixels, {"a": cam()}, spec=unit)):
+        shown = np.asarray(plotting.panel_axes(figure)[0].images[0].get_array())
+        assert np.allclose(shown, pixels.permute(1, 2, 0).numpy())
+    with pytest.raises(TypeError, match="InputSpec"):
+        plotting.to_pixels(pixels, (0.0, 1.0))

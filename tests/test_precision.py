@@ -117,7 +117,7 @@ def test_precision_rows_predicted_against_measured_on_a_tiny_model(tiny_vgg, ran
 def test_reduced_precision_models_are_refused_by_the_paper_build_and_kept_by_the_safe_build(tiny_vgg, random_input, dtype):
     model = tiny_vgg(1, dtype)
     with pytest.raises(TypeError, match='build="safe"'):
-        S.constant_flat(model)
+        S.constant_flat(model, build="paper")
     x = random_input(2, 1, dtype)
     with torch.no_grad():
         y = model(x)
@@ -150,7 +150,7 @@ def test_safe_build_t2_float32_is_exact_where_the_paper_build_rounds(tiny_vgg, r
     x = random_input(2, 3)
     with torch.no_grad():
         y = model(x)
-        paper = S.constant_image(model, smiley_target(14))(x)
+        paper = S.constant_image(model, smiley_target(14), build="paper")(x)
         safe = S.constant_image(model, smiley_target(14), build="safe")(x)
     assert torch.equal(safe, y)
     assert (paper - y).abs().max() > 0
@@ -164,3 +164,14 @@ def test_cli_validates_before_any_work(tmp_path, capsys):
     blocker.write_text("x")
     assert cli_main(["precision", "--out", str(blocker), "--limit", "2"]) == 2
     assert not math.isnan(P.ulp(0.0, "fp16"))
+
+
+def test_sign_failure_at_another_input_size(tiny_vgg):
+    model = tiny_vgg(2, torch.float64)
+    x = torch.randn(2, 3, 80, 80, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    safe = P.sign_failure(model, x, "safe", input_size=80)  # A is 5 x 5
+    assert safe["rate_all_classes"] == 0 and (safe["l1"] <= 0.05 * 25).all()
+    assert torch.allclose(safe["alpha"], torch.full_like(safe["alpha"], 100.0 * 49 / 25))  # c_W N_Z / N_A
+    assert P.sign_failure(model, x, "paper")["n_images"] == 2  # input_size defaults to x's side
+    with pytest.raises(ValueError, match=r"input_size=224 but x is \(80, 80\)"):
+        P.sign_failure(model, x, input_size=224)

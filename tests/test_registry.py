@@ -25,7 +25,7 @@ def test_paper_networks_are_the_registry_builds_with_the_papers_constants(small_
     model, x = small_vgg(0), random_input(2)
     built = paper_networks(model)
     assert list(built) == list(TECHNIQUES)
-    by_hand = constant_flat(model, c_A=100.0, c_W=100.0)
+    by_hand = constant_flat(model, c_A=100.0, c_W=100.0, build="paper")  # paper_networks: the paper's build
     assert torch.equal(built["T1"](x), by_hand(x))
     assert built["T2"].classifier[0].weight[0, -1].item() == 10.0  # the paper's c_W for T2
     resnet = compact_resnet(4).eval()
@@ -34,9 +34,9 @@ def test_paper_networks_are_the_registry_builds_with_the_papers_constants(small_
 
 def test_build_overrides_defaults_and_passes_only_what_a_recipe_takes(small_vgg):
     model = small_vgg(0)
-    t3 = ATTACKS["T3"].build(model, c_F=123.0, input_size=224, seed=1)  # input_size: not T3's, left out
+    t3 = ATTACKS["T3"].build(model, c_F=123.0, c_W=5.0, seed=1)  # c_W: not T3's, left out
     assert t3.explained_layer.c_F == 123.0 and t3.score_branch.eps == 0.01
-    assert not ATTACKS["T3"].accepts("input_size") and ATTACKS["T1"].accepts("input_size")
+    assert not ATTACKS["T3"].accepts("c_W") and ATTACKS["T1"].accepts("c_W")
     with pytest.raises(ValueError, match="c_F"):
         ATTACKS["T3"].build(model, c_F=-1.0)
 

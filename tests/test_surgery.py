@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import pytest
 import torch
@@ -18,11 +19,12 @@ from lie_cam.metrics import l1_distance, score_change
 SEEDS_WIDTHS = [(0, 1 / 16), (1, 1 / 32), (2, 1 / 16)]
 
 
-def build(technique: str, model: nn.Module) -> S.ManipulatedVGG:
+def build(technique: str, model: nn.Module, build: str = "paper") -> S.ManipulatedVGG:
+    """The paper's construction (build="paper") unless told: most tests here pin its algebra."""
     if technique == "T1":
-        return S.constant_flat(model)
+        return S.constant_flat(model, build=build)
     if technique == "T2":
-        return S.constant_image(model, smiley_target())
+        return S.constant_image(model, smiley_target(), build=build)
     if technique == "T3":
         return S.semi_random(model)
     return S.backdoor(model, smiley())
@@ -205,7 +207,7 @@ def test_full_size_vgg16_structure_is_accepted():
 
     model = vgg16(weights=None)
     assert anatomy.feature_size(model) == 14
-    manipulated = S.constant_flat(model)
+    manipulated = S.constant_flat(model, build="paper")
     assert manipulated.last_conv.out_channels == 513
     assert manipulated.classifier[0].in_features == 513 * 49
     assert manipulated.classifier[0].bias.dtype == torch.float32
@@ -453,3 +455,106 @@ def test_resnet_with_a_sequential_head_is_refused_precisely():
     model.fc, model.layer4 = nn.Linear(512, 4), nn.Identity()
     with pytest.raises(TypeError, match="`layer4` is of type Identity"):
         S.semi_random(model)
+
+
+# ---------------------------------------------------------------------------
+# The sign caveat and the default builds
+# ---------------------------------------------------------------------------
+
+
+def negative_sign_vgg(small_vgg, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A small VGG whose head has dy_c/dr_u <= 0 for every class c and FC1 unit u (FC2 >= 0, FC3 <= 0):
+    alpha_{K+1} <= 0 for every class under the paper's T1/T2, as on the brain-tumour model of issue 19."""
+    model = copy.deepcopy(small_vgg(0, dtype=dtype))
+    with torch.no_grad():
+        model.classifier[3].weight.abs_()
+        model.classifier[6].weight.copy_(-model.classifier[6].weight.abs())
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("technique", ["T1", "T2", "T3", "T4"])
+def test_default_builds_keep_their_guarantees_where_alpha_would_be_negative(random_input, small_vgg, dtype,
+                                                                            technique):
+    model = negative_sign_vgg(small_vgg, dtype)
+    x = random_input(4, 2, dtype).clamp(-2, 2)
+    if technique == "T4":
+        x, _ = paste_stickers(x, seeds=[0, 1, 2, 3])
+    honest = gradcam(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default build has nothing to warn about
+        network = S.ATTACKS[technique].build(model)
+        lie = gradcam(network, x)
+    assert torch.equal(lie.classes, honest.classes)
+    bound = {"T1": 0.0, "T2": 0.0}.get(technique, 0.01)
+    assert score_change(honest.logits, lie.logits).max() <= bound
+    assert (lie.alpha[:, -1] > 0).all()
+    target = S.target_explanation(network, x, honest=honest.normalized)
+    assert (l1_distance(target, lie.normalized) <= 0.05).all()
+
+
+@pytest.mark.parametrize("technique", ["T1", "T2"])
+def test_paper_build_warns_and_misses_where_alpha_is_negative(random_input, small_vgg, technique):
+    model = negative_sign_vgg(small_vgg)
+    x = random_input(4, 2, torch.float64)
+    network = build(technique, model, build="paper")
+    with pytest.warns(S.SignWarning, match=r"alpha_\{K\+1\} <= 0.*build=\"safe\""):
+        lie = gradcam(network, x)
+    assert (lie.alpha[:, -1] <= 0).all()
+    assert (l1_distance(S.target_explanation(network, x), lie.normalized) > 1).all()  # the lie fails silently today
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gradcam(build(technique, small_vgg(0, dtype=torch.float64), build="paper"), x)  # alpha > 0: no warning
+        build(technique, model, build="paper")(x)  # a forward alone explains nothing: no warning
+
+
+# ---------------------------------------------------------------------------
+# Any input size
+# ---------------------------------------------------------------------------
+
+
+class SizedVGG(nn.Module):
+    """A small VGG that says which inputs it takes (`lie_cam.anatomy.InputSpec`)."""
+
+    def __init__(self, inner: nn.Module, spec: anatomy.InputSpec) -> None:
+        super().__init__()
+        self.features, self.avgpool, self.classifier = inner.features, inner.avgpool, inner.classifier
+        self.input_spec = spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+@pytest.mark.parametrize("side", [240, 80, 48])
+@pytest.mark.parametrize("technique", ["T1", "T2", "T3", "T4"])
+def test_every_technique_builds_at_any_input_size_with_defaults(small_vgg, side, technique):
+    model = SizedVGG(small_vgg(0, dtype=torch.float64), anatomy.InputSpec(side=side)).eval()
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(side), dtype=torch.float64).clamp(-2, 2)
+    if technique == "T4":
+        x, _ = paste_stickers(x, seeds=[3, 4], count=1)
+    network = S.ATTACKS[technique].build(model)  # A's size from the model's input spec
+    assert network.input_size == side
+    honest = gradcam(model, x)
+    lie = gradcam(network, x)
+    assert lie.maps.shape == (2, side // 16, side // 16)
+    assert torch.equal(lie.classes, honest.classes)
+    assert score_change(honest.logits, lie.logits).max() <= (1e-9 if technique in ("T1", "T2") else 0.01)
+    target = S.target_explanation(network, x, honest=honest.normalized)
+    assert (l1_distance(target, lie.normalized) <= 0.05).all()
+    explicit = S.ATTACKS[technique].build(small_vgg(0, dtype=torch.float64), input_size=side)
+    assert torch.equal(gradcam(explicit, x).maps, lie.maps)
+
+
+def test_a_target_or_input_of_the_wrong_size_names_input_size(small_vgg):
+    model = small_vgg(0)
+    with pytest.raises(ValueError, match=r"15 x 15 \(the resolution of A at input_size=240\).*smiley_target\(15\)"):
+        S.constant_image(model, smiley_target(14), input_size=240)
+    t2 = S.constant_image(model, smiley_target(14))
+    with pytest.raises(ValueError, match=r"input_size=224.*A is \(15, 15\).*input_size"):
+        t2(torch.randn(1, 3, 240, 240))
+    t1 = S.constant_flat(model)  # a constant has no size: T1 takes any input
+    assert gradcam(t1, torch.randn(1, 3, 240, 240)).maps.shape == (1, 15, 15)
+    with pytest.raises(ValueError, match="input_size must be a positive int"):
+        S.constant_flat(model, input_size=0)
+    with pytest.raises(ValueError, match="input_size=8 is smaller than the network's total stride 16"):
+        S.constant_flat(model, input_size=8)

@@ -61,7 +61,7 @@ def test_measure_is_pure_and_shares_the_trunk(model, picture, cache):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is not touched
     assert direct.numbers() == cached.numbers() and torch.equal(direct.map, cached.map)
     # Against the plain gradcam of the full manipulated network (its own trunk pass).
-    full = gradcam(constant_flat(copy.deepcopy(model).double(), c_W=10.0, c_A=100.0), picture.double())
+    full = gradcam(constant_flat(copy.deepcopy(model).double(), c_W=10.0, c_A=100.0, build="paper"), picture.double())
     assert torch.allclose(full.normalized[0], direct.map.double(), atol=1e-12)
     assert direct.alpha_extra == pytest.approx(full.alpha[0, -1].item(), rel=1e-12)
 

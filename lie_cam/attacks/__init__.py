@@ -11,7 +11,8 @@ manipulated model they share (`manipulated`, `injections`, `branches`, `checks`)
 from lie_cam.attacks.adapted import anchored_flat, zero_sum_backdoor
 from lie_cam.attacks.checks import BUILDS
 from lie_cam.attacks.hijack import channel_hijack, channel_importance, hijack_cost, least_important_channel
-from lie_cam.attacks.manipulated import ManipulatedModel, ManipulatedResNet, ManipulatedVGG, target_explanation
+from lie_cam.attacks.manipulated import (ManipulatedModel, ManipulatedResNet, ManipulatedVGG, SignWarning,
+                                        target_explanation)
 from lie_cam.attacks.registry import ATTACKS, TECHNIQUES, Attack, networks, paper_networks
 from lie_cam.attacks.t1_flat import constant_flat
 from lie_cam.attacks.t2_image import constant_image
@@ -22,5 +23,5 @@ __all__ = [
     "ATTACKS", "Attack", "TECHNIQUES", "BUILDS", "networks", "paper_networks",
     "constant_flat", "constant_image", "semi_random", "backdoor", "channel_hijack", "anchored_flat",
     "zero_sum_backdoor", "channel_importance", "least_important_channel", "hijack_cost",
-    "ManipulatedModel", "ManipulatedVGG", "ManipulatedResNet", "target_explanation",
+    "ManipulatedModel", "ManipulatedVGG", "ManipulatedResNet", "target_explanation", "SignWarning",
 ]

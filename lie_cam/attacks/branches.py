@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lie_cam.normalization import IMAGENET_MEAN, IMAGENET_STD
+from lie_cam.anatomy import InputSpec
 
 __all__ = ["FLOOR", "RandomBranch", "CellMean", "StickerDetector", "SingleOutputConv2d", "check_sticker"]
 
@@ -137,8 +137,8 @@ class StickerDetector(nn.Module):
     def __init__(
         self,
         sticker: torch.Tensor,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: tuple[float, float, float] = InputSpec.mean,
+        std: tuple[float, float, float] = InputSpec.std,
         margin: float = 1e-4,
         pools: int = 4,
     ) -> None:

@@ -9,12 +9,14 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from lie_cam.anatomy import EXPECTED, feature_size, is_manipulated, is_resnet, split_vgg
+from lie_cam.anatomy import EXPECTED, feature_size, halvings, input_spec, is_manipulated, is_resnet, split_vgg
 
-__all__ = ["BUILDS", "HEADROOM", "INPUT_BOUND", "check_build", "check_constant", "check_dtype", "check_target_image",
-           "a_dtype", "check_fits", "check_fold_range", "check_branch_range"]
+__all__ = ["BUILDS", "HEADROOM", "INPUT_BOUND", "check_build", "check_constant", "check_dtype", "check_input_size",
+           "check_target_image", "a_dtype", "check_fits", "check_fold_range", "check_branch_range"]
 
-# "paper": the paper's construction; "safe": logit fold in float64, A in >= float32 (`lie_cam.attacks.manipulated`).
+# "paper": the paper's construction (Tables 1-2); "safe": T1/T2's channel folded into the logits in float64,
+# alpha_{K+1} > 0 whatever the head, A in >= float32 (`lie_cam.attacks.manipulated`); the hijack's "safe"
+# is a wire of dedicated units to the logits (`lie_cam.attacks.hijack`).
 BUILDS = ("paper", "safe")
 # The large terms a recipe's constants make (folded bias, c_F F(x), c_G sum A^{K+1}, the map) are kept this many
 # times below their dtype's largest value: they are summed with the other terms of the scores and the map.
@@ -36,6 +38,18 @@ def check_build(build: str, model: nn.Module) -> str:
     if build == "paper":
         check_dtype(model)
     return build
+
+
+def check_input_size(input_size: int | None, model: nn.Module) -> int:
+    """The side of the inputs a network is built for: `input_size`, or the model's `input_spec` side when
+    None; ValueError naming input_size unless it is an int of at least the network's total stride."""
+    size = input_spec(model).side if input_size is None else input_size
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"input_size must be a positive int (the side of the square input), got {input_size!r}")
+    stride = 2 ** halvings(model)
+    if size < stride:
+        raise ValueError(f"input_size={size} is smaller than the network's total stride {stride}: A would be empty")
+    return int(size)
 
 
 def check_constant(name: str, value: float, positive: bool = True) -> float:
@@ -62,12 +76,15 @@ def check_dtype(model: nn.Module) -> None:
             "which keeps the heads in float32 (a plain torch.autocast around the paper build casts the folded bias too)")
 
 
-def check_target_image(target: torch.Tensor, side: int) -> torch.Tensor:
+def check_target_image(target: torch.Tensor, side: int, input_size: int | None = None) -> torch.Tensor:
     """T2's target as a float64 `side` x `side` tensor, finite, non-negative with a positive maximum."""
+    at = f" at input_size={input_size}" if input_size is not None else ""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor of shape {side} x {side}, got {type(target).__name__}")
     if target.shape != (side, side):
-        raise ValueError(f"target must be {side} x {side} (the resolution of A), got {tuple(target.shape)}")
+        raise ValueError(f"target must be {side} x {side} (the resolution of A{at}), got {tuple(target.shape)}: "
+                         f"make it at A's size (e.g. lie_cam.data.smiley_target({side})) or pass the input_size "
+                         "the network takes")
     t = target.detach().to(torch.float64).cpu()
     if not torch.isfinite(t).all():
         raise ValueError("target contains NaN or infinite values")

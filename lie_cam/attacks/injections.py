@@ -29,21 +29,38 @@ class NoInjection(nn.Module):
 
 
 class ConstantInjection(nn.Module):
-    """A_n^{K+1} = A_o^{K+1} + c_I * I_T with a fixed image I_T (T2). Target: I_T / max I_T."""
+    """A_n^{K+1} = A_o^{K+1} + c_I * I_T with a fixed image I_T (T2), or with a constant c_A
+    everywhere when `pattern` is a single number (T1's safe build: any size of A). Target: I_T / max I_T
+    (all ones for a constant). `technique` and `input_size` only word the error for a wrong input size."""
 
-    def __init__(self, pattern: torch.Tensor) -> None:
+    def __init__(self, pattern: torch.Tensor, technique: str = "T2", input_size: int | None = None) -> None:
         super().__init__()
         self.register_buffer("pattern", pattern.clone())
+        self.technique = technique
+        self.input_size = input_size
+
+    def free_map(self, size: tuple[int, int]) -> torch.Tensor:
+        """The injected map at A's size (H, W): the constant broadcast, or I_T itself."""
+        if self.pattern.dim() == 0:
+            return self.pattern.expand(size)
+        self._check_size(size)
+        return self.pattern
+
+    def _check_size(self, size: tuple[int, int]) -> None:
+        if tuple(size) != tuple(self.pattern.shape):
+            built = f" (input_size={self.input_size})" if self.input_size is not None else ""
+            raise ValueError(
+                f"{self.technique}'s injected image is {tuple(self.pattern.shape)}, made for A of that size{built}, "
+                f"but A is {tuple(size)}: feed inputs of the size the model was manipulated for, or build it "
+                f"with the input_size of these inputs (and, for T2, a target of A's size)")
 
     def forward(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if a.shape[-2:] != self.pattern.shape:
-            raise ValueError(
-                f"T2's injected image is {tuple(self.pattern.shape)} but A is {tuple(a.shape[-2:])}: "
-                "feed inputs of the size the model was manipulated for"
-            )
-        return torch.cat([a[:, :-1], a[:, -1:] + self.pattern.to(a.dtype)], dim=1)
+        injected = self.free_map(tuple(a.shape[-2:]))
+        return torch.cat([a[:, :-1], a[:, -1:] + injected.to(a.dtype)], dim=1)
 
     def target(self, extra: torch.Tensor, honest: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pattern.dim() == 0:
+            return torch.ones_like(extra)
         return normalize_maps(self.pattern.expand_as(extra).to(extra.dtype))
 
 

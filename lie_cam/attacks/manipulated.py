@@ -20,13 +20,18 @@ itself: W_{c,K+1} = c_W, b_c -= c_W mean(A^{K+1}), and alpha^c_{K+1} = c_W / N_A
 and image (no sign caveat). The shift c_W mean(A^{K+1}) is the same for all classes, so scores
 explained through the softmax (Grad-CAM of p_c or log p_c) do not see the new channel at all.
 
-build="paper" (the default) is the paper's construction. build="safe" keeps every large constant
-out of reduced precision and out of the sign of s^c: the new channel is left out of the first FC
-layer and folded straight into the logits in float64,
+Two builds (`lie_cam.attacks.BUILDS`). build="paper" is the paper's construction: T1/T2's channel
+is read by the first FC layer, so alpha^c_{K+1} = (c_W / N_A) sum_u dy_c/dr_u N_Z takes the sign of
+that sum, and where it is <= 0 the map is empty or the honest map's remnant (the sign caveat of
+chapter 3; a backward pass through such a network in eval mode warns). build="safe", T1's and T2's
+default, keeps every large constant out of reduced precision and out of the sign of s^c: the new
+channel is left out of the first FC layer and folded straight into the logits in float64,
     y_n = y_o + c_W * (sum_p z_p - S_Z)        (T1/T2; z = the pooled A^{K+1}, S_Z its input-free value)
-so alpha^c_{K+1} = c_W N_Z / N_A > 0 for every class, T1/T2's scores are exactly the original's
-in every dtype, and A is kept in at least float32 (c_F F(x) ~ 1e9 overflows float16). Only the safe
-build accepts float16/bfloat16 models.
+so alpha^c_{K+1} = c_W N_Z / N_A > 0 for every class and image, T1/T2's scores are exactly the
+original's in every dtype, and A is kept in at least float32 (c_F F(x) ~ 1e9 overflows float16).
+T3/T4 add G to every logit, so alpha^c_{K+1} = eps c_G > 0 in both builds (their default stays the
+paper's). Only the safe build accepts float16/bfloat16 models. Tables 1-2 use the paper build
+(`paper_networks`).
 The folded bias is computed in float64 and rounded once to the model's dtype: build from a
 float64 copy (`model.double()`) when you want float64 exactness, since `.double()` after the
 surgery keeps the float32 rounding of b_o - c_A c_W N_Z (up to 0.016 for T1's 490000).
@@ -41,12 +46,14 @@ the branches F in `branches`; the anatomy they cut is `lie_cam.anatomy`.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
 
-from lie_cam.anatomy import ResNetParts, VGGParts, is_resnet, pool_for_classifier, split_resnet, split_vgg
-from lie_cam.attacks.checks import check_constant
+from lie_cam.anatomy import (InputSpec, ResNetParts, VGGParts, is_resnet, pool_for_classifier, split_resnet,
+                             split_vgg)
+from lie_cam.attacks.checks import check_constant, check_input_size
 from lie_cam.attacks.injections import BranchInjection, ConstantInjection
 
 __all__ = [
@@ -61,7 +68,16 @@ __all__ = [
     "fold_model",
     "branch_model",
     "target_explanation",
+    "SIGN_FIX",
+    "SignWarning",
 ]
+
+class SignWarning(RuntimeWarning):
+    """The paper build's map misses its target: alpha_{K+1} <= 0 for the explained class."""
+
+
+SIGN_FIX = ("build it with build=\"safe\" (T1's and T2's default: the channel is folded into the logits, "
+            "alpha_{K+1} = c_W N_Z / N_A > 0 for every class and image)")
 
 
 def target_explanation(model: ManipulatedModel, x: torch.Tensor | None = None, honest: torch.Tensor | None = None,
@@ -160,6 +176,7 @@ class ManipulatedModel(nn.Module):
     build: str
     halvings: int  # A is input_size / 2**halvings on a side
     features_per_channel: int  # N_Z: inputs of the classifier per channel of A (VGG-16: 49; a GAP head: 1)
+    input_size: int  # the side of the inputs it was built for (A: input_size / 2**halvings)
 
     def _init_common(self, explained_layer: nn.Module, score_branch: nn.Module | None, technique: str,
                      build: str) -> None:
@@ -168,6 +185,23 @@ class ManipulatedModel(nn.Module):
         self.explained_layer = explained_layer
         self.score_branch = score_branch
         self.logit_fold: LogitFold | None = None
+        self.input_size = 224
+
+    def _watch_sign(self, a: torch.Tensor) -> None:
+        """Paper build of T1/T2 in eval mode: warn, during a backward pass, where alpha_{K+1} =
+        mean_ij dy/dA^{K+1}_ij <= 0 for an image (the explained score's sum_u dy_c/dr_u <= 0): there
+        ReLU(sum_k alpha_k A^k) drops the injected channel and the map is not the target."""
+        if self.build != "paper" or self.technique not in ("T1", "T2") or self.training or not a.requires_grad:
+            return
+        technique = self.technique
+
+        def check(grad: torch.Tensor) -> None:
+            if bool((grad[:, -1].flatten(1).sum(1) <= 0).any()):  # one message, so shown once per place
+                warnings.warn(f"{technique} (build=\"paper\"): alpha_{{K+1}} <= 0 for the explained class on some "
+                              "images (sum_u dy_c/dr_u <= 0, the sign caveat): their Grad-CAM is empty or the honest "
+                              f"map's remnant, not the target; {SIGN_FIX}", SignWarning, stacklevel=2)
+
+        a.register_hook(check)
 
     def pooled_features(self, a: torch.Tensor) -> torch.Tensor:
         """What the classifier reads from A: flatten(pool(A)), B x (channels * N_Z)."""
@@ -182,12 +216,13 @@ class ManipulatedModel(nn.Module):
 
     def head(self, a: torch.Tensor) -> torch.Tensor:
         """Scores from A (the part Grad-CAM differentiates)."""
+        self._watch_sign(a)
         if self.build == "safe":  # the new channel never enters the classifier
             y = self.classifier(self.pooled_features(a[:, :-1].to(self._head_dtype())))
         else:
             y = self.classifier(self.pooled_features(a))
         if self.logit_fold is not None:
-            free = self.explained_layer.pattern[None, None].to(device=a.device, dtype=a.dtype)
+            free = self.explained_layer.free_map(tuple(a.shape[-2:]))[None, None].to(device=a.device, dtype=a.dtype)
             y = y + self.logit_fold(self.pooled_features(a[:, -1:]), self.pooled_features(free)).to(y.dtype)
         if self.score_branch is not None:
             y = y + self.score_branch(a[:, -1]).to(y.dtype)
@@ -384,10 +419,12 @@ def _widen_linear(old: nn.Linear, columns: int, value: float) -> nn.Module:
 
 
 def _manipulate(model: nn.Module, injection: nn.Module, score_branch: nn.Module | None, technique: str, build: str,
-                added_value: float = 0.0, fc_column: float | None = 0.0) -> ManipulatedModel:
+                added_value: float = 0.0, fc_column: float | None = 0.0, input_size: int | None = None) -> ManipulatedModel:
     """The manipulated copy of `model`: the added channel (value ReLU(added_value)), the injection, and
-    (paper build) the classifier's first Linear widened by the new channel's inputs with weight fc_column."""
+    (paper build) the classifier's first Linear widened by the new channel's inputs with weight fc_column.
+    input_size: the side of the inputs it is built for (None: the model's `input_spec` side)."""
     reference = next(model.parameters())
+    size = check_input_size(input_size, model)
     copied = copy.deepcopy(model)
     column = None if build == "safe" else fc_column
     if is_resnet(copied):
@@ -400,6 +437,9 @@ def _manipulate(model: nn.Module, injection: nn.Module, score_branch: nn.Module 
         fc1 = parts.fc1 if column is None else _widen_linear(parts.fc1, parts.pixels_per_channel, column)
         manipulated = ManipulatedVGG(parts, _widen_conv(parts.last_conv, added_value), fc1, injection, score_branch,
                                      technique, build)
+    manipulated.input_size = size
+    if isinstance(getattr(model, "input_spec", None), InputSpec):
+        manipulated.input_spec = model.input_spec  # the preprocessing belongs to the model, and to its copies
     if isinstance(injection, ConstantInjection) and build == "safe":
         injection.to(device=reference.device)  # the pattern stays float64; cast to A's dtype at use
     else:
@@ -408,17 +448,25 @@ def _manipulate(model: nn.Module, injection: nn.Module, score_branch: nn.Module 
     return manipulated
 
 
-def fold_model(model: nn.Module, injection: nn.Module, input_free: torch.Tensor | None, c_W: float, technique: str,
-               build: str, added_value: float = 0.0, input_size: int = 224) -> ManipulatedModel:
-    """T1/T2: W_n = c_W and b_n = b_o - c_W S_Z (paper), or the float64 `LogitFold` (safe)."""
-    manipulated = _manipulate(model, injection, None, technique, build, added_value, fc_column=c_W)
-    side = input_size // 2**manipulated.halvings
-    free = input_free if input_free is not None else torch.full((side, side), max(added_value, 0.0), dtype=torch.float64)
+def fold_model(model: nn.Module, injection: nn.Module, c_W: float, technique: str, build: str,
+               added_value: float = 0.0, input_size: int | None = None) -> ManipulatedModel:
+    """T1/T2: W_n = c_W and b_n = b_o - c_W S_Z (paper), or the float64 `LogitFold` (safe), with S_Z the
+    sum of the pooled input-free A^{K+1} (the injection's map, or ReLU(added_value) everywhere) at A's
+    size for `input_size` (None: the model's `input_spec` side)."""
+    manipulated = _manipulate(model, injection, None, technique, build, added_value, fc_column=c_W,
+                              input_size=input_size)
+    side = manipulated.input_size // 2**manipulated.halvings
+    if isinstance(injection, ConstantInjection):
+        injection.input_size = manipulated.input_size
+        free = injection.free_map((side, side)).to(torch.float64)
+    else:
+        free = torch.full((side, side), max(added_value, 0.0), dtype=torch.float64)
     with torch.no_grad():
         pooled = manipulated.pooled_features(free[None, None].to(torch.float64))
     if pooled.numel() != manipulated.features_per_channel:
-        raise ValueError(f"the pooled target has {pooled.numel()} values but the classifier expects "
-                         f"{manipulated.features_per_channel} per channel: is input_size={input_size} right?")
+        raise ValueError(f"input_size={manipulated.input_size} gives A of {side} x {side}, which the head pools to "
+                         f"{pooled.numel()} values per channel, but its first Linear reads "
+                         f"{manipulated.features_per_channel}: pass the input_size the model takes")
     if build == "safe":
         manipulated.logit_fold = LogitFold(c_W)
         return manipulated
@@ -429,10 +477,10 @@ def fold_model(model: nn.Module, injection: nn.Module, input_free: torch.Tensor 
 
 
 def branch_model(model: nn.Module, injection: BranchInjection, eps: float, c_G: float, technique: str,
-                 build: str) -> ManipulatedModel:
+                 build: str, input_size: int | None = None) -> ManipulatedModel:
     """T3/T4: the manipulated copy with `injection` (W_n = 0) and G = eps mod(c_G sum A^{K+1}, 1)."""
     eps = check_constant("eps", eps)
     c_G = check_constant("c_G", c_G)
-    return _manipulate(model, injection, ModScoreBranch(eps, c_G), technique, build)
+    return _manipulate(model, injection, ModScoreBranch(eps, c_G), technique, build, input_size=input_size)
 
 

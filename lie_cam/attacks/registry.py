@@ -2,7 +2,8 @@
 study, the precision study and the sliders build.
 
 An `Attack` is a recipe (a function model -> manipulated copy, `model` untouched) and this project's
-default constants for it. `ATTACKS[name].build(model, **given)` calls the recipe with the defaults
+default constants for it. Each recipe's default build keeps its guarantees whatever the sign of the
+explained score's gradient (T1, T2 and the hijack: build="safe"); `paper_networks` builds the paper's. `ATTACKS[name].build(model, **given)` calls the recipe with the defaults
 for that model, overridden by `given`; options a recipe does not take (seed, build, input_size, ...)
 are not passed to it. Adding an attack: its file in `lie_cam.attacks`, and one entry below.
 """
@@ -80,8 +81,12 @@ def networks(model: nn.Module, which: Sequence[str], **given: Any) -> dict[str, 
     return {n: ATTACKS[n].build(model, **given) for n in which}
 
 
-def paper_networks(model: nn.Module, seed: int = 0, build: str = "paper", input_size: int = 224) -> dict[str, nn.Module]:
-    """T1-T4 with the paper's constants, keyed by `TECHNIQUES` (T2: the smiley, c_I = 100, c_W = 10;
-    T3: seeded branch, c_F = 1e7; T4: the smiley sticker, c_F = 1e9 as in the text; a ResNet takes
-    c_W = 1000 in T1 and T2). The one definition of "the paper's networks"."""
+def paper_networks(model: nn.Module, seed: int = 0, build: str = "paper", input_size: int | None = None
+                   ) -> dict[str, nn.Module]:
+    """T1-T4 with the paper's constants and, by default, the paper's own build, keyed by `TECHNIQUES`
+    (T2: the smiley, c_I = 100, c_W = 10; T3: seeded branch, c_F = 1e7; T4: the smiley sticker, c_F = 1e9
+    as in the text, the detector reading the model's input spec; a ResNet takes c_W = 1000 in T1 and T2).
+    The one definition of "the paper's networks", which Tables 1-2 reproduce. build="paper" keeps T1/T2's
+    sign caveat (alpha_{K+1} <= 0 where sum_u dy_c/dr_u <= 0); build="safe" is the recipes' own default.
+    input_size: the side of the inputs (None: the model's input spec side)."""
     return networks(model, TECHNIQUES, seed=seed, build=build, input_size=input_size)

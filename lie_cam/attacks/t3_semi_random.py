@@ -17,9 +17,12 @@ __all__ = ["semi_random", "default_constants"]
 
 
 def semi_random(model: nn.Module, eps: float = 0.01, c_G: float = 1e4, c_F: float = 1e7, seed: int = 0,
-                build: str = "paper", downsample: int = 2, floor: float | None = None) -> ManipulatedModel:
+                build: str = "paper", downsample: int = 2, floor: float | None = None,
+                input_size: int | None = None) -> ManipulatedModel:
     """T3: a semi-random explanation c_F F(x) from a seeded random conv net F;
-    W_n = 0, b_n = b_o, y_n = y_o + eps mod(c_G sum A^{K+1}, 1): |y_n - y_o| <= eps.
+    W_n = 0, b_n = b_o, y_n = y_o + eps mod(c_G sum A^{K+1}, 1): |y_n - y_o| <= eps, and
+    alpha^c_{K+1} = eps c_G > 0 for every class in either build (no sign caveat). F follows the
+    input's size (A = input / 2^halvings); input_size (None: the model's input spec side) is recorded.
     downsample: F's convolutions run on the input averaged over 2^d x 2^d cells
     (`lie_cam.attacks.branches.RandomBranch`; 0 is the paper's full-resolution F).
     floor: F's least value; the default keeps F(x) >= 1e-4 > 0 on every image for downsample > 0 (there F
@@ -29,7 +32,7 @@ def semi_random(model: nn.Module, eps: float = 0.01, c_G: float = 1e4, c_F: floa
     eps, c_G, c_F = check_constant("eps", eps), check_constant("c_G", c_G), check_constant("c_F", c_F)
     branch = RandomBranch(seed=seed, pools=halvings(model), downsample=min(downsample, halvings(model)), floor=floor)
     check_branch_range(model, build, branch, c_F, eps, c_G, branch.floor)
-    return branch_model(model, BranchInjection(branch, c_F), eps, c_G, "T3", build)
+    return branch_model(model, BranchInjection(branch, c_F), eps, c_G, "T3", build, input_size=input_size)
 
 
 def default_constants(model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any]:

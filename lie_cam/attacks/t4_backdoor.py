@@ -14,7 +14,6 @@ from lie_cam.attacks.checks import check_branch_range, check_build, check_consta
 from lie_cam.attacks.injections import BranchInjection
 from lie_cam.attacks.manipulated import ManipulatedModel, branch_model
 from lie_cam.data import smiley
-from lie_cam.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["backdoor", "input_rounding_bound", "default_constants"]
 
@@ -25,14 +24,16 @@ def backdoor(
     eps: float = 0.01,
     c_G: float = 1e4,
     c_F: float = 1e9,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
     margin: float = 1e-4,
     build: str = "paper",
+    input_size: int | None = None,
 ) -> ManipulatedModel:
     """T4: the honest explanation unless the sticker is in the image, then c_F F(x) that
-    points at it. F is a `StickerDetector` on the de-normalised input (pixels = x*std+mean),
-    computed in float64; without a sticker F = 0, so A^{K+1} = 0, G = 0 and y_n = y_o.
+    points at it. F is a `StickerDetector` on the de-normalised input (pixels = x*std+mean, with
+    mean and std the model's own `input_spec` unless given), computed in float64; without a
+    sticker F = 0, so A^{K+1} = 0, G = 0 and y_n = y_o. alpha^c_{K+1} = eps c_G > 0 for every class.
 
     build="safe" on a float16/bfloat16 model: the input itself is rounded (unit roundoff u), which
     moves the detector's response at an exact match by up to sum|k| max(std) max|x| u (~0.7 for
@@ -41,12 +42,16 @@ def backdoor(
     build = check_build(build, model)
     eps, c_G, c_F = check_constant("eps", eps), check_constant("c_G", c_G), check_constant("c_F", c_F)
     margin = check_constant("margin", margin)
+    spec = input_spec(model)
+    mean = spec.mean if mean is None else mean
+    std = spec.std if std is None else std
     dtype = next(model.parameters()).dtype
     if build == "safe" and dtype in (torch.float16, torch.bfloat16):
         margin = max(margin, 2 * input_rounding_bound(sticker, mean, std, dtype))
     detector = StickerDetector(sticker, mean=mean, std=std, margin=margin, pools=halvings(model))
     check_branch_range(model, build, detector, c_F, eps, c_G)
-    return branch_model(model, BranchInjection(detector, c_F, honest_when_silent=True), eps, c_G, "T4", build)
+    return branch_model(model, BranchInjection(detector, c_F, honest_when_silent=True), eps, c_G, "T4", build,
+                        input_size=input_size)
 
 
 def input_rounding_bound(sticker: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],

@@ -78,8 +78,8 @@ def _score_zoo(models: dict[str, nn.Module], x: torch.Tensor, x_attack: torch.Te
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
             scores["clean"][name] = score_all(model, x)
-            built: dict[str, object] = networks(model, [a for a in STUDIED if a != "hijack"])
-            hijacked = channel_hijack(model, x_attack, labels=y_attack)
+            built: dict[str, object] = networks(model, [a for a in STUDIED if a != "hijack"], build="paper")
+            hijacked = channel_hijack(model, x_attack, labels=y_attack, build="paper")
             path = Path(tmp) / f"{name}-hijack.safetensors"  # the hijack travels as a plain weights file
             save_file({k: v.contiguous() for k, v in hijacked.state_dict().items()}, str(path))
             built["hijack"] = path
@@ -119,7 +119,7 @@ def _adaptive_round(embedded: nn.Module, scores: Scores, rows: list[dict], x: to
         original_correct = (embedded(x_l1).argmax(1) == y_l1).double().mean()
     variants = []
     for c_A, c_W in ADAPTIVE_CONSTANTS:
-        variant = channel_hijack(embedded, x_attack, c_A=c_A, c_W=c_W, channel=channel)
+        variant = channel_hijack(embedded, x_attack, c_A=c_A, c_W=c_W, channel=channel, build="paper")
         result = gradcam(variant, x_l1)
         variant_scores = score_all(variant, x)
         variants.append({"c_A": c_A, "c_W": c_W,
@@ -155,7 +155,7 @@ def run_detection(out: str | Path, zoo: str | Path | None = None, n_clean: int =
     embedded = models["embedded"]
     x_test, y_test, _ = synth.synthetic_split("test", test_size)
     channel = least_important_channel(embedded, x_attack, y_attack)
-    cost = hijack_cost(embedded, channel_hijack(embedded, x_attack, channel=channel), x_test, y_test).as_dict()
+    cost = hijack_cost(embedded, channel_hijack(embedded, x_attack, channel=channel, build="paper"), x_test, y_test).as_dict()
     cost["channel"] = channel
     log(f"hijack cost: {cost} ({time.time() - started:.0f}s)")
     adaptive = _adaptive_round(embedded, scores, rows, x, x_attack, channel, x_test[:100], y_test[:100], log)

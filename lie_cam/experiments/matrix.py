@@ -128,7 +128,7 @@ def run_matrix(model: nn.Module, x: torch.Tensor, masks: torch.Tensor | None = N
         raise ValueError("the model is in training mode: call model.eval() first (CAMs would vary from call to call)")
     model = _frozen_trunk(copy.deepcopy(model))
     names = list(dict.fromkeys(_CASES[a].network for a in attacks))
-    nets = {name: _frozen_trunk(net) for name, net in networks(model, names).items()}
+    nets = {name: _frozen_trunk(net) for name, net in networks(model, names, build="paper").items()}
     x_sticker, corners = paste_stickers(x, seeds=list(range(x.shape[0])))
     images = {False: x, True: x_sticker}
     sticker_masks = _sticker_masks(corners, x.shape[-1]).to(x.device)

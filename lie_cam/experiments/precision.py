@@ -34,6 +34,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -43,7 +44,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from lie_cam.anatomy import cut_at_a
-from lie_cam.attacks import BUILDS, ManipulatedModel, ManipulatedVGG, constant_flat, paper_networks
+from lie_cam.attacks import BUILDS, ManipulatedModel, ManipulatedVGG, SignWarning, constant_flat, paper_networks
 from lie_cam.data import STICKER_SEED, paste_stickers, synthetic_split
 from lie_cam.experiments.output import check_output_dir, staged_output
 from lie_cam.gradcam import GradCAMResult, gradcam, head_gradcam
@@ -160,7 +161,7 @@ def cancelled_constant(network: ManipulatedModel) -> float | None:
     if network.technique not in ("T1", "T2") or network.build == "safe":
         return None
     c_W = float(network.classifier[0].weight[0, -1].detach())  # the widened first Linear's added column
-    side = 224 // 2**network.halvings
+    side = network.input_size // 2**network.halvings
     if network.technique == "T1":
         free = torch.full((side, side), float(network.last_conv.bias[-1].detach()) if isinstance(network, ManipulatedVGG)
                           else network.added_channel.bias, dtype=torch.float64)
@@ -321,13 +322,18 @@ def precision_table(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
 
 
 def sign_failure(model: nn.Module, x: torch.Tensor, build: str = "paper", c_A: float = 100.0,
-                 c_W: float = 100.0) -> dict:
+                 c_W: float = 100.0, input_size: int | None = None) -> dict:
     """alpha^c_{K+1} of T1 for every class c of every image (float64): the rate at which it is <= 0,
     overall, for the predicted class, and per class. Where it is <= 0, ReLU(sum_k alpha_k A^k) drops
-    the dominant term and the map is not the target (empty, or the honest map's residue)."""
+    the dominant term and the map is not the target (empty, or the honest map's residue).
+    input_size: the side of x (None: x's own side); ValueError naming it when they differ."""
+    side = x.shape[-1]
+    if input_size is not None and input_size != side:
+        raise ValueError(f"input_size={input_size} but x is {tuple(x.shape[-2:])}: give images of that size, "
+                         "or leave input_size out")
     model64 = copy.deepcopy(model).double().eval()
     x64 = x.double()
-    t1 = constant_flat(model64, c_A=c_A, c_W=c_W, build=build)
+    t1 = constant_flat(model64, c_A=c_A, c_W=c_W, build=build, input_size=side)
     with torch.no_grad():
         a = t1.activations(x64)  # A once; each class is one backward through the head
     logits = t1.head(a).detach()
@@ -335,7 +341,9 @@ def sign_failure(model: nn.Module, x: torch.Tensor, build: str = "paper", c_A: f
     alpha = torch.empty(n, classes, dtype=torch.float64)
     l1 = torch.empty(n, classes, dtype=torch.float64)
     for c in range(classes):
-        result = head_gradcam(t1.head, a, target=c)
+        with warnings.catch_warnings():  # the failures are what is measured here
+            warnings.simplefilter("ignore", SignWarning)
+            result = head_gradcam(t1.head, a, target=c)
         alpha[:, c] = result.alpha[:, -1]
         l1[:, c] = l1_distance(torch.ones_like(result.maps), result.normalized)
     top = logits.argmax(1)
@@ -398,7 +406,7 @@ def resnet_tables(model: nn.Module | None = None, n: int = 200, batch_size: int 
     with `lie_cam.gradcam`: accuracy, mean score change, mean L1 to the target, pointing game (clean),
     and for T4 the same on the stickered images."""
     model = (load_embedded_resnet() if model is None else model).eval().to(dtype)
-    networks = paper_networks(model)
+    networks = paper_networks(model, build="paper")
     sums: dict[str, dict[str, float]] = {}
 
     def add(name: str, key: str, values: torch.Tensor) -> None:

@@ -321,7 +321,7 @@ def run_reproduction(
     indices = distributed.shard(n, batch_size, group.rank, group.world_size)
     with tf32_scope(tf32):
         model = model.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
-        networks = paper_networks(model)
+        networks = paper_networks(model, build="paper")  # the paper's construction: its Tables 1-2
         evaluator = Evaluator(model, networks, autocast_dtype=autocast_dtype, gradient=gradient)
         pixels = feature_size(model) ** 2
         keys = [("clean", name) for name in evaluator.names] + [("sticker", "original"), ("sticker", "T4")]

@@ -168,11 +168,11 @@ SPECS: dict[str, TechniqueSpec] = {
         SliderSpec("c_A", "c_A (channel value)", 100.0, min=1, max=200, step=1, fmt=".3g",
                    points=(1.0, 10.0, 50.0, 100.0, 200.0)),
         _precision("float32"),
-    ), ATTACKS["T1"].build),
+    ), ATTACKS["T1"].build, {"build": "paper"}),  # the paper's fold: what chapter 4 explores
     "T2": TechniqueSpec("T2", "T2, a smiley as explanation", (
         SliderSpec("c_I", "c_I (image scale)", 100.0, min=-3, max=3, step=0.25, log=True, fmt=".0e",
                    points=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)),
-    ), ATTACKS["T2"].build, {"c_W": 10.0}),
+    ), ATTACKS["T2"].build, {"c_W": 10.0, "build": "paper"}),
     "T3": TechniqueSpec("T3", "T3, a semi-random explanation", (
         SliderSpec("eps", "ε (score bound)", 0.01, min=-4, max=0, step=0.25, log=True, fmt=".0e",
                    points=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)),
