@@ -545,6 +545,22 @@ def test_every_technique_builds_at_any_input_size_with_defaults(small_vgg, side,
     assert torch.equal(gradcam(explicit, x).maps, lie.maps)
 
 
+def test_t3_defaults_fit_a_network_that_halves_its_input_only_twice(small_vgg):
+    """With 2 halvings before A (48 px -> A 12 x 12) T3's default cheap branch (downsample 2) would leave
+    F at 14 x 14: the downsampling is capped at halvings - 2, and T3 keeps its guarantees."""
+    model = copy.deepcopy(small_vgg(0, dtype=torch.float64))
+    pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+    model.features = nn.Sequential(*(m for i, m in enumerate(model.features) if i not in pools[:2]))
+    model = SizedVGG(model, anatomy.InputSpec(side=48)).eval()
+    assert anatomy.halvings(model) == 2
+    x = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(0), dtype=torch.float64).clamp(-2, 2)
+    network, honest = S.ATTACKS["T3"].build(model), gradcam(model, x)
+    lie = gradcam(network, x)
+    assert lie.maps.shape == (3, 12, 12) and torch.equal(lie.classes, honest.classes)
+    assert score_change(honest.logits, lie.logits).max() <= 0.01
+    assert (l1_distance(S.target_explanation(network, x), lie.normalized) <= 0.05).all()
+
+
 def test_a_target_or_input_of_the_wrong_size_names_input_size(small_vgg):
     model = small_vgg(0)
     with pytest.raises(ValueError, match=r"15 x 15 \(the resolution of A at input_size=240\).*smiley_target\(15\)"):

@@ -24,13 +24,15 @@ def semi_random(model: nn.Module, eps: float = 0.01, c_G: float = 1e4, c_F: floa
     alpha^c_{K+1} = eps c_G > 0 for every class in either build (no sign caveat). F follows the
     input's size (A = input / 2^halvings); input_size (None: the model's input spec side) is recorded.
     downsample: F's convolutions run on the input averaged over 2^d x 2^d cells
-    (`lie_cam.attacks.branches.RandomBranch`; 0 is the paper's full-resolution F).
+    (`lie_cam.attacks.branches.RandomBranch`; 0 is the paper's full-resolution F), at most
+    halvings - 2 (the pools after F's convolutions absorb the 2 cells their padding adds).
     floor: F's least value; the default keeps F(x) >= 1e-4 > 0 on every image for downsample > 0 (there F
     can otherwise be 0 on a whole image, and the lie vanish) and is 0 for downsample = 0, the paper's F exactly.
     eps, c_G, c_F: finite and positive, and c_G c_F N_A max F within A's dtype (`checks.check_branch_range`)."""
     build = check_build(build, model)
     eps, c_G, c_F = check_constant("eps", eps), check_constant("c_G", c_G), check_constant("c_F", c_F)
-    branch = RandomBranch(seed=seed, pools=halvings(model), downsample=min(downsample, halvings(model)), floor=floor)
+    pools = halvings(model)  # F's two padded convolutions add 2 cells; >= 2 pools after them absorb them
+    branch = RandomBranch(seed=seed, pools=pools, downsample=min(downsample, max(pools - 2, 0)), floor=floor)
     check_branch_range(model, build, branch, c_F, eps, c_G, branch.floor)
     return branch_model(model, BranchInjection(branch, c_F), eps, c_G, "T3", build, input_size=input_size)
 
