@@ -30,15 +30,12 @@ def check_device(requested: str | None):
     from lie_cam.experiments.distributed import device_for
 
     if requested is not None:
+        from lie_cam.train import check_device as check_named_device
+
         try:
-            kind = torch.device(requested)
-        except RuntimeError:
-            raise UsageError(f"--device {requested!r} is not a device: expected cpu, cuda or cuda:N") from None
-        if kind.type not in ("cpu", "cuda"):
-            raise UsageError(f"--device {requested}: expected cpu, cuda or cuda:N")
-        if kind.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"--device {requested}: CUDA is not available on this machine "
-                             "(no GPU, or a CPU build of torch); use --device cpu")
+            check_named_device(requested)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     try:
         device = device_for(requested)
     except ValueError as error:

@@ -29,28 +29,23 @@ def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
-def _randomise_bn(module: nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=gen))
-                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+@pytest.fixture(scope="module")
+def own_cnn(randomise_bn):
+    """own_cnn(seed) -> (features, head), a CNN that is neither a torchvision VGG nor a ResNet."""
 
+    def build(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+        """(features, head): 96 px -> A 6 x 6 x 16 by a max pool and strided convs in nested blocks; the head
+        max-pools to 3 x 3, flattens in (W, H, C) order, then Linear - BatchNorm1d - ReLU - Dropout - Linear."""
+        torch.manual_seed(seed)
+        features = nn.Sequential(_block(3, 8), nn.MaxPool2d(2), _block(8, 12, stride=2),
+                                 nn.Sequential(_block(12, 16, stride=2)), _block(16, 16, stride=2), _block(16, 16))
+        head = nn.Sequential(nn.MaxPool2d(2), WHCFlatten(), nn.Linear(16 * 3 * 3, 24), nn.BatchNorm1d(24), nn.ReLU(),
+                             nn.Dropout(0.3), nn.Linear(24, 5))
+        randomise_bn(features, seed + 1)
+        randomise_bn(head, seed + 2)
+        return features.eval(), head.eval()
 
-def own_cnn(seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """(features, head): 96 px -> A 6 x 6 x 16 by a max pool and strided convs in nested blocks; the head
-    max-pools to 3 x 3, flattens in (W, H, C) order, then Linear - BatchNorm1d - ReLU - Dropout - Linear."""
-    torch.manual_seed(seed)
-    features = nn.Sequential(_block(3, 8), nn.MaxPool2d(2), _block(8, 12, stride=2),
-                             nn.Sequential(_block(12, 16, stride=2)), _block(16, 16, stride=2), _block(16, 16))
-    head = nn.Sequential(nn.MaxPool2d(2), WHCFlatten(), nn.Linear(16 * 3 * 3, 24), nn.BatchNorm1d(24), nn.ReLU(),
-                         nn.Dropout(0.3), nn.Linear(24, 5))
-    _randomise_bn(features, seed + 1)
-    _randomise_bn(head, seed + 2)
-    return features.eval(), head.eval()
+    return build
 
 
 def _pixels(n: int, seed: int) -> torch.Tensor:
@@ -58,7 +53,7 @@ def _pixels(n: int, seed: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def built():
+def built(own_cnn):
     features, head = own_cnn()
     return features, head, from_parts(features, head, preprocess=SPEC)
 
@@ -86,7 +81,7 @@ def test_fc1_reads_a_in_chw_order(built):
     assert [type(m) for m in model.classifier] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
 
 
-def test_the_parts_given_are_left_as_they_were():
+def test_the_parts_given_are_left_as_they_were(own_cnn):
     features, head = own_cnn()
     before = {k: v.clone() for k, v in {**features.state_dict(), **head.state_dict()}.items()}
     model = from_parts(features, head, preprocess=SPEC)
@@ -126,7 +121,7 @@ def test_the_honest_gradcam_finds_a(built):
     assert result.maps.shape == (2, 6, 6)
 
 
-def test_global_pooling_head():
+def test_global_pooling_head(own_cnn):
     features, _ = own_cnn(1)
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
     model = from_parts(features, head, preprocess=SPEC)
@@ -136,20 +131,20 @@ def test_global_pooling_head():
     assert model.classifier[0].in_features == 16 * 6 * 6
 
 
-def test_a_head_that_is_not_affine_before_fc1_is_refused():
+def test_a_head_that_is_not_affine_before_fc1_is_refused(own_cnn):
     features, _ = own_cnn()
     head = nn.Sequential(nn.Tanh(), nn.Flatten(), nn.Linear(16 * 6 * 6, 3))
     with pytest.raises(ValueError, match=r"\(\['Tanh', 'Flatten'\]\) are not an affine map of A"):
         from_parts(features, head, preprocess=SPEC)
 
 
-def test_features_that_do_not_end_with_relu_are_refused():
+def test_features_that_do_not_end_with_relu_are_refused(own_cnn):
     features, head = own_cnn()
     with pytest.raises(ValueError, match="features must end with the layer Grad-CAM explains"):
         from_parts(nn.Sequential(*features, nn.Conv2d(16, 16, 1)), head, preprocess=SPEC)
 
 
-def test_a_head_without_linear_and_bad_arguments_are_refused():
+def test_a_head_without_linear_and_bad_arguments_are_refused(own_cnn):
     features, _ = own_cnn()
     with pytest.raises(ValueError, match="head must be an nn.Sequential containing an nn.Linear"):
         from_parts(features, nn.Sequential(nn.Flatten()), preprocess=SPEC)
@@ -161,7 +156,7 @@ def test_a_head_without_linear_and_bad_arguments_are_refused():
         from_parts(features, nn.Sequential(nn.Flatten(), nn.Linear(7, 2)), preprocess=(0.5, 0.5))
 
 
-def test_models_the_surgery_cannot_take_point_to_from_parts():
+def test_models_the_surgery_cannot_take_point_to_from_parts(own_cnn):
     features, head = own_cnn()
     whole = nn.Sequential(copy.deepcopy(features), copy.deepcopy(head)).eval()
     with pytest.raises(TypeError, match="from_parts"):
@@ -179,10 +174,10 @@ def test_models_the_surgery_cannot_take_point_to_from_parts():
     ([nn.Linear(144, 10), nn.ReLU(), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 4), nn.BatchNorm1d(4)],
      [nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.ReLU, nn.Linear]),
 ])
-def test_batch_norms_of_the_head_are_folded_into_a_linear_next_to_them(layers, kinds):
+def test_batch_norms_of_the_head_are_folded_into_a_linear_next_to_them(layers, kinds, own_cnn, randomise_bn):
     features, _ = own_cnn(2)
     head = nn.Sequential(nn.MaxPool2d(2), WHCFlatten(), *layers)
-    _randomise_bn(head, 5)
+    randomise_bn(head, 5)
     head.eval()
     model = from_parts(features, head, preprocess=SPEC)
     assert [type(m) for m in model.classifier] == kinds  # a batch norm between two ReLUs has no Linear next to it
@@ -192,7 +187,7 @@ def test_batch_norms_of_the_head_are_folded_into_a_linear_next_to_them(layers, k
         assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
 
 
-def test_in_float64_the_scores_of_t1_t2_and_the_hijack_are_kept_to_1e_9():
+def test_in_float64_the_scores_of_t1_t2_and_the_hijack_are_kept_to_1e_9(own_cnn):
     features, head = own_cnn(4)
     model = from_parts(features.double(), head.double(), preprocess=SPEC)
     x = _pixels(4, 8).double()

@@ -126,18 +126,11 @@ def test_batchnorm_layout_gives_a_flat_map(random_input):
     assert bool((l1_distance(torch.ones_like(result.maps), result.normalized) < 0.05).all())
 
 
-def negative_sign_vgg(small_vgg, dtype: torch.dtype) -> torch.nn.Module:
-    """A small VGG whose head has dy_c/dr_u <= 0 for every class and FC1 unit (FC2 >= 0, FC3 <= 0)."""
-    model = copy.deepcopy(small_vgg(0, dtype=dtype))
-    with torch.no_grad():
-        model.classifier[3].weight.abs_()
-        model.classifier[6].weight.copy_(-model.classifier[6].weight.abs())
-    return model
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_default_hijack_is_flat_where_the_paper_build_is_empty(random_input, small_vgg, dtype):
-    model = negative_sign_vgg(small_vgg, dtype)
+def test_default_hijack_is_flat_where_the_paper_build_is_empty(random_input, small_vgg, dtype, negative_sign_vgg):
+    model = negative_sign_vgg(dtype)
     images, x = random_input(8, 0, dtype), random_input(4, 3, dtype)
     honest = gradcam(model, x)
     with warnings.catch_warnings():

@@ -19,17 +19,6 @@ from lie_cam.onnx_import import Permute
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
 
-def _randomise(module: nn.Module, seed: int) -> nn.Module:
-    """Random weights and batch-norm statistics (a trained-looking network, not an identity BN)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
-                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=gen))
-                m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
-    return module.eval()
 
 
 class KerasLike(nn.Module):
@@ -111,9 +100,9 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def keras_like(tmp_path_factory):
+def keras_like(tmp_path_factory, randomise_bn):
     torch.manual_seed(0)
-    net = _randomise(KerasLike(), seed=1)
+    net = randomise_bn(KerasLike(), 1, 0.3)
     path = _export(net, (40, 40, 3), tmp_path_factory.mktemp("onnx") / "keras_like.onnx")
     with pytest.warns(UserWarning, match="Softmax, which was removed"):
         model = load_onnx(path)
@@ -164,9 +153,9 @@ def test_pixel_scale_says_what_the_graph_input_is(keras_like, tmp_path):
 
 
 @pytest.mark.parametrize("mean, op", [(False, "GlobalAveragePool"), (True, "ReduceMean")])
-def test_nchw_graph_with_global_pooling_matches_onnxruntime(mean, op, tmp_path):
+def test_nchw_graph_with_global_pooling_matches_onnxruntime(mean, op, tmp_path, randomise_bn):
     torch.manual_seed(3)
-    net = _randomise(TorchGAP(mean), seed=4)
+    net = randomise_bn(TorchGAP(mean), 4, 0.3)
     path = _export(net, (3, 48, 48), tmp_path / "gap.onnx")
     assert op in {n.op_type for n in onnx.load(path).graph.node}
     with warnings.catch_warnings():

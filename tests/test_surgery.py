@@ -462,21 +462,13 @@ def test_resnet_with_a_sequential_head_is_refused_precisely():
 # ---------------------------------------------------------------------------
 
 
-def negative_sign_vgg(small_vgg, dtype: torch.dtype = torch.float64) -> nn.Module:
-    """A small VGG whose head has dy_c/dr_u <= 0 for every class c and FC1 unit u (FC2 >= 0, FC3 <= 0):
-    alpha_{K+1} <= 0 for every class under the paper's T1/T2, as on the brain-tumour model of issue 19."""
-    model = copy.deepcopy(small_vgg(0, dtype=dtype))
-    with torch.no_grad():
-        model.classifier[3].weight.abs_()
-        model.classifier[6].weight.copy_(-model.classifier[6].weight.abs())
-    return model
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("technique", ["T1", "T2", "T3", "T4"])
-def test_default_builds_keep_their_guarantees_where_alpha_would_be_negative(random_input, small_vgg, dtype,
+def test_default_builds_keep_their_guarantees_where_alpha_would_be_negative(random_input, negative_sign_vgg, dtype,
                                                                             technique):
-    model = negative_sign_vgg(small_vgg, dtype)
+    model = negative_sign_vgg(dtype)
     x = random_input(4, 2, dtype).clamp(-2, 2)
     if technique == "T4":
         x, _ = paste_stickers(x, seeds=[0, 1, 2, 3])
@@ -494,8 +486,8 @@ def test_default_builds_keep_their_guarantees_where_alpha_would_be_negative(rand
 
 
 @pytest.mark.parametrize("technique", ["T1", "T2"])
-def test_paper_build_warns_and_misses_where_alpha_is_negative(random_input, small_vgg, technique):
-    model = negative_sign_vgg(small_vgg)
+def test_paper_build_warns_and_misses_where_alpha_is_negative(random_input, small_vgg, negative_sign_vgg, technique):
+    model = negative_sign_vgg()
     x = random_input(4, 2, torch.float64)
     network = build(technique, model, build="paper")
     with pytest.warns(S.SignWarning, match=r"alpha_\{K\+1\} <= 0.*build=\"safe\""):
