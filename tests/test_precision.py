@@ -175,3 +175,22 @@ def test_sign_failure_at_another_input_size(tiny_vgg):
     assert P.sign_failure(model, x, "paper")["n_images"] == 2  # input_size defaults to x's side
     with pytest.raises(ValueError, match=r"input_size=224 but x is \(80, 80\)"):
         P.sign_failure(model, x, input_size=224)
+
+
+def test_tf32_prediction_counts_the_rounding_of_t2s_grey_levels(small_vgg):
+    """TF32 rounds the first Linear's multiplicands to 10 bits: T1's constant c_A = 100 is held exactly, T2's
+    grey levels c_I I_T are not, and the bias -C does not cancel that rounding; the tf32 prediction adds it."""
+    model = small_vgg(0)
+    t1, t2 = (S.ATTACKS[name].build(model, build="paper") for name in ("T1", "T2"))
+    assert P.tf32_multiplicand_rounding(t1) == 0.0
+    rounding = P.tf32_multiplicand_rounding(t2)
+    pattern = t2.explained_layer.pattern.double()
+    with torch.no_grad():
+        z = t2.pooled_features(pattern[None, None])
+    c_W = float(t2.classifier[0].weight[0, -1])
+    assert rounding == pytest.approx(abs(c_W * (z - P.round_to_tf32(z.float()).double()).sum().item()), rel=1e-6)
+    assert rounding > 0
+    constant = P.cancelled_constant(t2)
+    predicted, basis = P.predicted_score_change("tf32", "paper", "T2", constant, multiplicands=rounding)
+    assert predicted == P.ulp(constant, "float32") + rounding and "grey" not in basis and "rounding" in basis
+    assert P.tf32_multiplicand_rounding(S.ATTACKS["T2"].build(model)) is None  # the safe build folds nothing

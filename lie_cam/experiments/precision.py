@@ -61,6 +61,7 @@ __all__ = [
     "round_to_tf32",
     "tf32_emulation",
     "cancelled_constant",
+    "tf32_multiplicand_rounding",
     "predicted_score_change",
     "precision_table",
     "sign_failure",
@@ -156,8 +157,9 @@ def _context(setting: str, dtype: torch.dtype, mode: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def cancelled_constant(network: ManipulatedModel) -> float | None:
-    """C = c_W S_Z, the constant T1/T2's fold cancels (None for T3/T4, which cancel nothing)."""
+def _input_free_pooled(network: ManipulatedModel) -> tuple[float, torch.Tensor] | None:
+    """(c_W, z): the added column's weight and the pooled input-free A^{K+1} that T1/T2's paper build folds
+    (None for T3/T4 and the safe build)."""
     if network.technique not in ("T1", "T2") or network.build == "safe":
         return None
     c_W = float(network.classifier[0].weight[0, -1].detach())  # the widened first Linear's added column
@@ -168,13 +170,35 @@ def cancelled_constant(network: ManipulatedModel) -> float | None:
     else:
         free = network.explained_layer.pattern.to(torch.float64)
     with torch.no_grad():
-        return c_W * network.pooled_features(free[None, None]).sum().item()
+        return c_W, network.pooled_features(free[None, None])
+
+
+def cancelled_constant(network: ManipulatedModel) -> float | None:
+    """C = c_W S_Z, the constant T1/T2's fold cancels (None for T3/T4, which cancel nothing)."""
+    folded = _input_free_pooled(network)
+    return None if folded is None else folded[0] * folded[1].sum().item()
+
+
+def tf32_multiplicand_rounding(network: ManipulatedModel) -> float | None:
+    """|c_W| sum_p |z_p - tf32(z_p)|: what TF32's rounding of the first Linear's multiplicands (10 mantissa
+    bits) does to c_W sum z, which the bias -C no longer cancels exactly. 0 for a value TF32 holds exactly
+    (T1's c_A = 100); not for T2's image, whose grey levels it rounds. None where nothing is folded."""
+    folded = _input_free_pooled(network)
+    if folded is None:
+        return None
+    c_W, z = folded
+    c_W_rounded = round_to_tf32(torch.tensor(c_W, dtype=torch.float32)).double().item()
+    exact = c_W * z.sum().item()
+    rounded = c_W_rounded * round_to_tf32(z.float()).double().sum().item()
+    return abs(exact - rounded)
 
 
 def predicted_score_change(setting: str, build: str, attack: str, constant: float | None, eps: float = 0.01,
-                           branch_peak: float | None = None) -> tuple[float | str, str]:
+                           branch_peak: float | None = None, multiplicands: float | None = None
+                           ) -> tuple[float | str, str]:
     """The prediction and its basis. T1/T2 paper build: ulp of C in the format the bias lives in
-    (float32 for tf32), "overflow" where C exceeds the format; safe build: 0 (the float64 fold
+    (float32 for tf32; plus, for tf32, `multiplicands` = `tf32_multiplicand_rounding`: the injected values
+    rounded to 10 mantissa bits), "overflow" where C exceeds the format; safe build: 0 (the float64 fold
     cancels exactly). T3/T4-sticker: eps, "overflow" where c_F max F(x) or c_G c_F sum F(x) (`branch_peak`)
     exceeds the format of A (the paper build keeps A in the reduced format); T4-clean: 0."""
     fmt = "float32" if setting == "tf32" else setting
@@ -185,7 +209,10 @@ def predicted_score_change(setting: str, build: str, attack: str, constant: floa
             return "overflow", f"C = {constant:.4g} exceeds the largest {fmt} ({LARGEST[fmt]:.5g})"
         basis = f"ulp of C = {constant:.4g} in {fmt}"
         if setting == "tf32":
-            basis += f" (TF32 rounds multiplicands only; ulp_10(C) would be {ulp(constant, 'tf32'):.4g})"
+            rounding = multiplicands or 0.0
+            basis += (f" + {rounding:.4g}, TF32's rounding of the injected values c_W z (TF32 rounds multiplicands "
+                      f"only; ulp_10(C) would be {ulp(constant, 'tf32'):.4g})")
+            return ulp(constant, fmt) + rounding, basis
         return ulp(constant, fmt), basis
     if attack == "T4-clean":
         return 0.0, "no sticker: F = 0, A^{K+1} = 0, G = 0"
@@ -299,7 +326,8 @@ def precision_table(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                 if technique in ("T3", "T4") and peak_key not in peaks:
                     peaks[peak_key] = _branch_peak(network, inputs[kind])
                 constant = cancelled_constant(network)
-                predicted, basis = predicted_score_change(setting, build, attack, constant, branch_peak=peaks.get(peak_key))
+                predicted, basis = predicted_score_change(setting, build, attack, constant, branch_peak=peaks.get(peak_key),
+                                                          multiplicands=tf32_multiplicand_rounding(network))
                 original_accuracy = (y_o.argmax(1) == labels).double().mean().item()
                 accuracy = (logits.argmax(1) == labels).double().mean().item()
                 row = {
