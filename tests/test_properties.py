@@ -28,6 +28,17 @@ from lie_cam.models import compact_vgg16
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def trained_looking_batch_norms(model: nn.Module, generator: torch.Generator) -> None:
+    """Random batch-norm scales, shifts and running statistics (in place): not the identity a fresh layer is."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=generator)
+                m.bias.uniform_(-0.2, 0.2, generator=generator)
+                m.running_mean.uniform_(-0.2, 0.2, generator=generator)
+                m.running_var.uniform_(0.5, 2.0, generator=generator)
+
+
 def random_vgg(seed: int, batch_norm: bool, dtype: torch.dtype, width: float = 1 / 32) -> nn.Module:
     """A random narrow VGG-16 (vgg16_bn's layout when batch_norm), in eval mode: PyTorch's default init for
     the head (logits of order 1) and, with batch norm, random affine parameters and running statistics."""
@@ -38,13 +49,7 @@ def random_vgg(seed: int, batch_norm: bool, dtype: torch.dtype, width: float = 1
         for layer in model.classifier:
             if isinstance(layer, nn.Linear):
                 layer.reset_parameters()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=generator)
-                m.bias.uniform_(-0.2, 0.2, generator=generator)
-                m.running_mean.uniform_(-0.2, 0.2, generator=generator)
-                m.running_var.uniform_(0.5, 2.0, generator=generator)
+    trained_looking_batch_norms(model, generator)
     return model.eval().to(dtype)
 
 
@@ -134,13 +139,7 @@ def test_safe_builds_of_a_batchnorm_vgg_keep_the_scores_exactly(dtype):
         torch.manual_seed(0)
         model = VGG(make_layers([8, "M", 16, "M", 16, 16, "M", 32, 32, "M", 32, 32, "M"], batch_norm=True), num_classes=6)
         model.classifier = nn.Sequential(nn.Linear(32 * 49, 16), nn.ReLU(True), nn.Linear(16, 6))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=generator)
-                m.bias.uniform_(-0.2, 0.2, generator=generator)
-                m.running_mean.uniform_(-0.2, 0.2, generator=generator)
-                m.running_var.uniform_(0.5, 2.0, generator=generator)
+    trained_looking_batch_norms(model, generator)
     model = model.eval().to(DTYPES[dtype])
     x = images(1, DTYPES[dtype], batch=3)
     memory_formats = [torch.contiguous_format, torch.channels_last]
