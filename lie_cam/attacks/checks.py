@@ -140,13 +140,13 @@ def check_fold_range(model: nn.Module, build: str, value_name: str, value: float
 
 
 def check_branch_range(model: nn.Module, build: str, branch: nn.Module, c_F: float, eps: float, c_G: float,
-                       floor: float = 0.0) -> None:
+                       floor: float = 0.0, input_size: int | None = None) -> None:
     """T3/T4: for inputs |x| <= INPUT_BOUND, A^{K+1} = c_F F(x) <= c_F F_max (`branch.bound`), the score branch's
-    c_G sum A^{K+1} <= c_G c_F N_A F_max and the map's eps c_G A^{K+1} must fit A's dtype (N_A at 224 x 224);
+    c_G sum A^{K+1} <= c_G c_F N_A F_max and the map's eps c_G A^{K+1} must fit A's dtype (N_A at `input_size`, None: the model's input spec);
     and c_F floor, the least value of A^{K+1} when F >= floor > 0, must not underflow to 0."""
     dtype = a_dtype(model, build)
     bound = float(branch.bound(INPUT_BOUND))
-    n_a = feature_size(model, 224) ** 2
+    n_a = feature_size(model, check_input_size(input_size, model)) ** 2
     on = f"max F(x) <= {bound:.3g} on inputs |x| <= {INPUT_BOUND:g}"
     check_fits({"c_F": c_F}, bound, dtype, f"A^{{K+1}} = c_F F(x) ({on})")
     check_fits({"c_F": c_F, "c_G": c_G}, n_a * bound, dtype,

@@ -72,6 +72,7 @@ __all__ = [
     "SignWarning",
 ]
 
+
 class SignWarning(RuntimeWarning):
     """The paper build's map misses its target: alpha_{K+1} <= 0 for the explained class."""
 

@@ -33,7 +33,7 @@ def semi_random(model: nn.Module, eps: float = 0.01, c_G: float = 1e4, c_F: floa
     eps, c_G, c_F = check_constant("eps", eps), check_constant("c_G", c_G), check_constant("c_F", c_F)
     pools = halvings(model)  # F's two padded convolutions add 2 cells; >= 2 pools after them absorb them
     branch = RandomBranch(seed=seed, pools=pools, downsample=min(downsample, max(pools - 2, 0)), floor=floor)
-    check_branch_range(model, build, branch, c_F, eps, c_G, branch.floor)
+    check_branch_range(model, build, branch, c_F, eps, c_G, branch.floor, input_size)
     return branch_model(model, BranchInjection(branch, c_F), eps, c_G, "T3", build, input_size=input_size)
 
 

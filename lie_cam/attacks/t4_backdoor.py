@@ -49,7 +49,7 @@ def backdoor(
     if build == "safe" and dtype in (torch.float16, torch.bfloat16):
         margin = max(margin, 2 * input_rounding_bound(sticker, mean, std, dtype))
     detector = StickerDetector(sticker, mean=mean, std=std, margin=margin, pools=halvings(model))
-    check_branch_range(model, build, detector, c_F, eps, c_G)
+    check_branch_range(model, build, detector, c_F, eps, c_G, input_size=input_size)
     return branch_model(model, BranchInjection(detector, c_F, honest_when_silent=True), eps, c_G, "T4", build,
                         input_size=input_size)
 
