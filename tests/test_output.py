@@ -14,7 +14,7 @@ from lie_cam.experiments import detection, matrix, precision
 from lie_cam.experiments.output import check_output_dir, held_signals, staged_output
 from lie_cam.experiments.report import OUTPUT_FILES, PAPER_TABLE1, PAPER_TABLE2, Reproduction
 
-SHIPPED_MATRIX = Path(__file__).resolve().parent.parent / "book" / "explainers"
+SHIPPED_MATRIX = Path(__file__).resolve().parent.parent / "data" / "explainers"
 
 
 def contents(folder: Path) -> dict[str, bytes]:

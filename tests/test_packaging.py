@@ -1,5 +1,7 @@
 """A regular (non-editable) install ships and finds the embedded model and the ImageNet ids."""
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +33,21 @@ def test_the_wheel_carries_the_data_files(wheel):
     assert "lie_cam/models.py" in names and not any(n.startswith("data/") for n in names)
     packages = {path.parent.relative_to(ROOT).as_posix() for path in (ROOT / "lie_cam").rglob("__init__.py")}
     assert packages and all(f"{package}/__init__.py" in names for package in packages), packages
+
+
+def test_the_wheel_carries_every_file_a_chapter_reads(wheel):
+    """What a chapter loads with `data_file(...)` (chapter 8's explainer matrix and its independent
+    re-measurement, chapter 11's detectors) is inside the wheel, so it runs where only the package is."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    read = set()
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        code = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        read |= set(re.findall(r'data_file\("([^"]+)"\)', code))
+    assert "explainers/matrix.json" in read  # the scan sees chapter 8's read
+    read |= {"explainers/explainers.json", "explainers/independent/independent.json",
+             "explainers/independent/independent_run.json"}  # read beside matrix.json
+    missing = sorted(name for name in read if f"lie_cam/data_files/{name}" not in names)
+    assert not missing, f"not in the wheel: {missing}"
 
 
 def test_an_installed_wheel_finds_the_embedded_model_outside_the_checkout(wheel, tmp_path):

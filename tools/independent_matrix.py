@@ -1,6 +1,6 @@
 """An independent re-measurement of the "which explainers lie" verdict matrix.
 
-    python tools/independent_matrix.py --matrix book/explainers --limit 32 --costly-limit 4 --out DIR
+    python tools/independent_matrix.py --matrix data/explainers --limit 32 --costly-limit 4 --out DIR
 
 writes DIR/independent.json (rows with the matrix's keys), DIR/independent_run.json (settings,
 timings, faithfulness checks) and DIR/agreement.md (this script's verdicts against
@@ -482,7 +482,7 @@ def agreement_markdown(ours: list[dict], theirs: list[dict], settings: dict) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--matrix", default="book/explainers", help="folder with the project's matrix.json")
+    parser.add_argument("--matrix", default="data/explainers", help="folder with the project's matrix.json")
     parser.add_argument("--limit", type=int, default=32, help="test images (the first ones of setup(n=limit))")
     parser.add_argument("--costly-limit", type=int, default=4, help="images for Score-CAM")
     parser.add_argument("--out", required=True, help="output folder")
