@@ -149,3 +149,33 @@ def test_teaser_script_draws_honest_and_lies():
     assert titles == ["image", "honest Grad-CAM", "T2: a smiley", "T4: the stickers"]
     notes = [ax.get_xlabel() for ax in panel_axes(fig)]
     assert len(set(n.split()[-1] for n in notes)) == 1  # one class, predicted by all three networks
+
+
+@pytest.mark.parametrize("name", ["08_explainers.ipynb", "13_real_model.ipynb"])
+def test_the_install_cell_installs_only_what_is_missing(name, monkeypatch):
+    """Run each install cell as Colab would (google.colab imported, pip recorded, not run): where
+    lie_cam and the chapter's packages are importable it installs nothing, so it never stops a
+    chapter; where lie_cam is missing it asks pip for lie_cam from _config.yml's repository."""
+    import importlib.util
+    import subprocess
+    import types
+
+    url, branch = colab_cells.repository(ROOT / "_config.yml")
+    source = next(c.source for c in read(ROOT / "book" / name).cells if c.get("id") == colab_cells.INSTALL_ID)
+    colab, output = types.ModuleType("google.colab"), types.SimpleNamespace(enabled=0)
+    output.enable_custom_widget_manager = lambda: setattr(output, "enabled", output.enabled + 1)
+    colab.output = output
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setenv("LIE_CAM_PROFILE", "embedded")
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(args))
+    exec(compile(source, name, "exec"), {})
+    assert calls == [] and output.enabled == 1  # everything importable here: no pip
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "lie_cam" else real(m, *a))
+    exec(compile(source, name, "exec"), {})
+    (call,) = calls
+    assert call[:4] == [sys.executable, "-m", "pip", "install"] and output.enabled == 2
+    assert any(arg.startswith("lie_cam[") and arg.endswith(f" @ git+{url}@{branch}") for arg in call), call
