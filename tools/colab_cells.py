@@ -1,17 +1,21 @@
-"""Keep every chapter notebook runnable on Colab from ONE setting: `repository.url` in _config.yml.
+"""Keep every chapter notebook runnable on Colab, and the book's addresses, from ONE setting:
+`repository.url` in _config.yml.
 
     python tools/colab_cells.py           # rewrite the "Running this chapter" cells and the metadata
-    python tools/colab_cells.py --check   # exit 1 (and say which) when a notebook is out of date
+    python tools/colab_cells.py --check   # exit 1 (and say which) when a file is out of date
 
 For each notebook under book/ that has a set-up cell (the one tagged `parameters`), this writes,
 just before it:
   1. a Markdown cell, the "Running this chapter" note;
   2. the install cell (tagged `hide-cell`): on Colab it runs `pip install git+<url>@<branch>`
-     (plus the extra packages the chapter imports) for what is not importable yet, and enables the custom widget manager that
-     ipywidgets 8 needs there; elsewhere it does nothing;
+     (plus the extra packages the chapter imports) for what is not importable yet, and enables
+     the custom widget manager that ipywidgets 8 needs there; elsewhere it does nothing;
 and it sets the notebook metadata Colab reads: a GPU accelerator.
+It also writes the addresses derived from the same setting: `html.baseurl` in _config.yml, the
+README's "Read the book online" link (GitHub Pages, https://owner.github.io/name/) and
+CITATION.cff's `url` and `repository-code`.
 To run the book from a fork, change `repository.url` (and `branch`) in _config.yml and run this script:
-the launch buttons read the same setting.
+the launch buttons and the repository button read the same setting.
 """
 
 from __future__ import annotations
@@ -68,6 +72,38 @@ def repository(config: Path = ROOT / "_config.yml") -> tuple[str, str]:
     if not url or not re.match(r"^https://\S+$", str(url)):
         raise ValueError(f"{config}: repository.url must be an https URL, got {url!r}")
     return str(url).rstrip("/"), str(branch)
+
+
+def pages_url(url: str) -> str:
+    """Where GitHub Pages publishes the book of the repository `url` (the workflow's deploy):
+    https://github.com/OWNER/NAME -> https://owner.github.io/NAME/ (https://owner.github.io/ for
+    the repository OWNER.github.io)."""
+    match = re.fullmatch(r"https://github\.com/([A-Za-z0-9-]+)/([A-Za-z0-9._-]+?)(\.git)?/?", url)
+    if not match:
+        raise ValueError(f"repository.url must be https://github.com/OWNER/NAME to publish on GitHub Pages, got {url!r}")
+    owner, name = match.group(1).lower(), match.group(2)
+    return f"https://{owner}.github.io/" if name.lower() == f"{owner}.github.io" else f"https://{owner}.github.io/{name}/"
+
+
+# The other files that name the book's addresses, all derived from repository.url: (file, the
+# line's pattern with the address as its second group, which address).
+SITE_LINES = [("_config.yml", r"(?m)^(  baseurl: )(\S+)$", "pages"),
+              ("README.md", r"(?m)^(\*\*Read the book online:\*\* <)([^>]+)(>)", "pages"),
+              ("CITATION.cff", r"(?m)^(url: \")([^\"]+)(\")", "pages"),
+              ("CITATION.cff", r"(?m)^(repository-code: \")([^\"]+)(\")", "repository")]
+
+
+def site_files(url: str, root: Path = ROOT) -> dict[Path, str]:
+    """The files of SITE_LINES whose address is not the one `url` gives, with their corrected text."""
+    addresses = {"pages": pages_url(url), "repository": url}
+    texts: dict[Path, str] = {}
+    for name, pattern, which in SITE_LINES:
+        path = root / name
+        text = texts.get(path, path.read_text())
+        if not re.search(pattern, text):
+            raise ValueError(f"{name}: no line matching {pattern!r} to hold the {which} address")
+        texts[path] = re.sub(pattern, lambda m: m.group(1) + addresses[which] + "".join(m.groups()[2:]), text)
+    return {path: text for path, text in texts.items() if text != path.read_text()}
 
 
 def extras(nb: nbformat.NotebookNode) -> list[str]:
@@ -152,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             stale.append(path)
             if not args.check:
                 nbformat.write(nb, path)
+    for path, text in site_files(url).items():  # html.baseurl, the README's link, CITATION.cff
+        stale.append(path)
+        if not args.check:
+            path.write_text(text)
     for path in stale:
         print(f"{'out of date' if args.check else 'updated'}: {path.relative_to(ROOT)}")
     return 1 if args.check and stale else 0
