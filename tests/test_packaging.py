@@ -62,3 +62,52 @@ def test_an_installed_wheel_finds_the_embedded_model_outside_the_checkout(wheel,
     package, weights, count = done.stdout.split()
     assert Path(package).is_relative_to(site) and Path(weights).is_relative_to(site)
     assert count == "1000"
+
+
+def test_the_colab_path_runs_a_notebook_from_the_wheel_alone(wheel, tmp_path):
+    """tools/colab_path.py (what `make test` runs on every chapter): in its fresh environment a
+    notebook alone in an empty folder imports lie_cam from the wheel and finds the shipped data;
+    one that reads a file of the repository by a relative path fails there, one that imports lie_cam
+    from the checkout is caught; the executed notebook is found in the cache by its source's cells."""
+    import nbformat
+    from jupyter_cache import get_cache
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import colab_path  # tools/ is not a package
+
+    python = colab_path.fresh_venv(tmp_path / "venv", wheel)
+    runner = tmp_path / "runner.py"
+    shutil.copy(ROOT / "tools" / "colab_path.py", runner)
+
+    def run(name: str, code: str):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(code)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        source = tmp_path / "book" / name
+        source.parent.mkdir(exist_ok=True)
+        nbformat.write(nb, source)
+        return source, colab_path.run_chapter(source, python, runner, tmp_path / "run" / source.stem, 120)
+
+    source, (executed, why) = run("good.ipynb", "from lie_cam.resources import data_file\n"
+                                                "print(data_file('explainers/matrix.json').is_file())")
+    assert executed is not None, why
+    assert nbformat.read(executed, as_version=4).cells[0].outputs[0]["text"] == "True\n"
+    colab_path.cache_executed(executed, source, tmp_path / "cache", 1.0)
+    assert get_cache(str(tmp_path / "cache")).match_cache_notebook(nbformat.read(source, as_version=4))
+
+    _, (executed, why) = run("reads.ipynb", "print(open('data/zoo.json').read()[:10])")  # fine in the checkout
+    assert executed is None and "FileNotFoundError" in why
+    _, (executed, why) = run("checkout.ipynb", f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport lie_cam")
+    assert executed is None and "outside the fresh environment" in why
+
+
+def test_the_cache_is_emptied_when_the_sources_change(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import colab_path
+
+    cache = tmp_path / "cache"
+    assert not colab_path.prune_cache(cache)  # a new cache, stamped
+    (cache / "executed.ipynb").write_text("{}")
+    assert not colab_path.prune_cache(cache) and (cache / "executed.ipynb").exists()
+    (cache / colab_path.STAMP).write_text("older sources\n")
+    assert colab_path.prune_cache(cache) and not (cache / "executed.ipynb").exists()
