@@ -111,3 +111,14 @@ def test_the_cache_is_emptied_when_the_sources_change(tmp_path):
     assert not colab_path.prune_cache(cache) and (cache / "executed.ipynb").exists()
     (cache / colab_path.STAMP).write_text("older sources\n")
     assert colab_path.prune_cache(cache) and not (cache / "executed.ipynb").exists()
+
+
+def test_the_colab_path_refuses_what_is_not_a_notebook(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import colab_path
+
+    (tmp_path / "notes.txt").write_text("x")
+    for bad in (tmp_path / "missing.ipynb", tmp_path / "notes.txt"):
+        assert colab_path.main([str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "notebooks must be existing .ipynb files" in err and bad.name in err
