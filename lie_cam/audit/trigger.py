@@ -1,0 +1,327 @@
+"""T4 from behaviour, trigger unknown: a search for a stimulus of Grad-CAM's layer A that moves the map
+far more than the prediction, scored against the model's own channels.
+
+Why search in A and not in the pixels. A sticker backdoor in the explanation must act through A and
+alpha (Eq. 1-2): the trigger, whatever its shape, size or place, ends as a local stimulus of A that
+Grad-CAM amplifies while the scores barely move. T4's trigger detector is a matched filter with a
+margin of 1e-4 (`lie_cam.attacks.branches.StickerDetector`): it is exactly zero, gradient included,
+everywhere but at the sticker itself, a password of 3 x h x w pixel values that no search in the
+pixels finds without being told it (gradient descent sees a zero gradient; random patches never hit
+it). Its consequence in A cannot hide: the search stimulates every channel k of A (the `layer`) at a
+cell (i, j) (the ABS idea of Liu et al. 2019, "stimulate one neuron", applied to the explanation),
+
+    A' = A + v e_{k,ij},      v = amplitude * median_k max A^k   (the layer's own scale),
+
+and recomputes Grad-CAM (alpha' from dy/dA at A', for the clean image's class) and the scores y':
+
+    map change        m_k = TV(I / sum I, I' / sum I')   in [0, 1]   (total variation of the maps as
+                                                                      distributions over cells)
+    prediction change p_k = |y'_c - y_c|_2 / |y_c|_2   with y_c = y - mean_c y, the scores centred
+                            over classes (what the softmax sees; the raw score for one output)
+    ratio             r_k = m_k / max(p_k, FLOOR)
+
+An honest channel pays for moving the map with a proportionate change of the scores (for a linear
+head dy/dA^k_ij = alpha_k, so the map at (i, j) and y_c move by the same alpha_k v); T3/T4's score
+branch G adds the same value to every logit (|G| < eps) while dG/dA^{K+1} = eps c_G, so its channel
+moves the map entirely and the centred scores not at all. The score is self-relative,
+
+    score = log10( max_k r_k / quantile_q(r_k) ),   q = REFERENCE_QUANTILE over the model's channels,
+
+so a clean model scores low whatever its width, depth or scale (its channels are alike), and a
+backdoored one high, whichever trigger it waits for (its channel is alone). The stimulus cells are
+drawn from `seed` (reproducible) among the cells where the clean map is at most its median.
+
+The evidence for a report: after the channel and cell are found, an input patch over that cell's
+receptive field is optimised (signed gradient ascent on A^k_ij, pixels in [0, 1]) to show what in the
+image would drive that channel; for a matched-filter trigger the gradient is zero and the patch
+stays at its seeded start (`patch_gain` = 0): the search says where the lie lives, not the password.
+
+Cost: one forward + one Grad-CAM of the images, and K * images * cells evaluations of the part of the
+model after A (the trunk once per chunk, the head on the whole chunk), then `steps` gradients through
+the trunk for the patch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from lie_cam.anatomy import input_spec
+from lie_cam.gradcam import check_finite, gradcam, target_layer
+
+__all__ = ["TriggerSearch", "trigger_search", "trigger_score", "FLOOR", "REFERENCE_QUANTILE", "THRESHOLD"]
+
+FLOOR = 1e-4  # the least prediction change a ratio divides by (float32 rounding of the scores is ~1e-7)
+REFERENCE_QUANTILE = 0.9  # the model's own channels: the 90th percentile of their ratios is the reference
+THRESHOLD = 1.5  # score above which the trigger search flags a model (log10: the best channel 30x the reference)
+
+
+@dataclass
+class TriggerSearch:
+    """What `trigger_search` found.
+
+    score:             log10(max_k r_k / quantile_0.9(r_k)), higher = more suspicious
+    channel, cell:     the stimulus of A with the largest ratio r_k (channel k, cell (i, j) of A)
+    map_change:        its map change m_k (total variation, in [0, 1])
+    prediction_change: its prediction change p_k (relative change of the centred scores)
+    patch:             3 x s x s pixel values in [0, 1]: the input patch optimised over that cell
+    location:          (row, col) of the patch's top-left corner in the input
+    patch_gain:        (A^k_ij with the patch - A^k_ij without it) / v: 0 when no gradient reaches it
+    image:             index in x of the image the patch was optimised on
+    ratios, map_changes, prediction_changes: per channel (K values)
+    clean_map, stimulated_map: H x W Grad-CAM of that image, without and with the best stimulus
+    amplitude:         v, the stimulus added to A
+    """
+
+    score: float
+    channel: int
+    cell: tuple[int, int]
+    map_change: float
+    prediction_change: float
+    patch: torch.Tensor
+    location: tuple[int, int]
+    patch_gain: float
+    image: int
+    amplitude: float
+    ratios: torch.Tensor = field(repr=False)
+    map_changes: torch.Tensor = field(repr=False)
+    prediction_changes: torch.Tensor = field(repr=False)
+    clean_map: torch.Tensor = field(repr=False)
+    stimulated_map: torch.Tensor = field(repr=False)
+
+    @property
+    def flagged(self) -> bool:
+        """score > THRESHOLD."""
+        return self.score > THRESHOLD
+
+    def summary(self) -> dict:
+        """The scalar evidence, JSON-ready."""
+        return {"score": self.score, "flagged": self.flagged, "channel": self.channel, "cell": list(self.cell),
+                "map_change": self.map_change, "prediction_change": self.prediction_change,
+                "location": list(self.location), "patch_side": int(self.patch.shape[-1]),
+                "patch_gain": self.patch_gain, "image": self.image, "amplitude": self.amplitude}
+
+
+# ---------------------------------------------------------------------------
+# Argument checks
+# ---------------------------------------------------------------------------
+
+
+def _integer(name: str, value: object, lowest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lowest:
+        raise ValueError(f"{name} must be an integer >= {lowest}, got {value!r}")
+    return int(value)
+
+
+def _check_arguments(model: object, x: object, layer: object, seed: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a CNN in eval mode), got {type(model).__name__}")
+    if model.training:
+        raise ValueError(f"model ({type(model).__name__}) is in training mode: call model.eval() first "
+                         "(dropout would make every score of the search random)")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point() or not len(x):
+        raise ValueError("x must be a float B x 3 x H x W tensor of normalised images (B >= 1), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    check_finite(x)
+    if layer is not None and not isinstance(layer, nn.Module):
+        raise TypeError(f"layer must be None or the nn.Module whose output is Grad-CAM's A, got {type(layer).__name__}")
+    _integer("seed", seed, 0)
+    return target_layer(model) if layer is None else layer
+
+
+# ---------------------------------------------------------------------------
+# The model after A, on a batch of stimulated activations
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _replaced_output(layer: nn.Module, replacement: torch.Tensor | None, store: dict) -> Iterator[None]:
+    """Run the model without autograd below `layer`; `layer`'s output is stored (store["A"]) and, when
+    `replacement` is given, replaced by it (a leaf that requires grad, store["leaf"]), so autograd records
+    the part after A alone. The replacement may hold more images than the input (the part after A runs
+    on all of them)."""
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            raise TypeError("the layer must output a B x K x H x W tensor (Grad-CAM's A), got "
+                            f"{type(output).__name__}")
+        store["A"] = output.detach().clone()
+        if replacement is None:
+            return None
+        torch.set_grad_enabled(True)
+        store["leaf"] = replacement.detach().to(output.dtype).requires_grad_(True)
+        return store["leaf"].clone()
+
+    previous = torch.is_grad_enabled()
+    handle = layer.register_forward_hook(hook)
+    try:
+        torch.set_grad_enabled(False)
+        yield
+    finally:
+        handle.remove()
+        torch.set_grad_enabled(previous)
+
+
+def _run_after(model: nn.Module, layer: nn.Module, x_one: torch.Tensor, stimulated: torch.Tensor,
+               classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, Grad-CAM maps) of `model` with A replaced by the batch `stimulated` (N x K x H x W),
+    the maps for `classes` (N), in float64."""
+    store: dict = {}
+    with _replaced_output(layer, stimulated, store):
+        logits = model(x_one)
+        if "leaf" not in store:
+            raise RuntimeError(f"the layer {type(layer).__name__} did not run in the model's forward")
+        if logits.shape[0] != stimulated.shape[0]:
+            raise ValueError(f"the part of the model after the layer does not keep the batch of A ({stimulated.shape[0]}"
+                             f" stimulated activations gave {logits.shape[0]} score rows): name a layer whose output "
+                             "alone decides the scores")
+        (grad,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), store["leaf"])
+    alpha = grad.double().mean(dim=(2, 3))
+    maps = torch.relu(torch.einsum("nk,nkhw->nhw", alpha, stimulated.double()))
+    return logits.detach().double(), maps
+
+
+def _distribution(maps: torch.Tensor) -> torch.Tensor:
+    """Maps as distributions over cells (I / sum I; uniform where I is all zero)."""
+    flat = maps.flatten(1)
+    total = flat.sum(1, keepdim=True)
+    uniform = torch.full_like(flat, 1.0 / flat.shape[1])
+    return torch.where(total > 0, flat / torch.where(total > 0, total, torch.ones_like(total)), uniform)
+
+
+def _centred(logits: torch.Tensor) -> torch.Tensor:
+    return logits - logits.mean(1, keepdim=True) if logits.shape[1] > 1 else logits
+
+
+# ---------------------------------------------------------------------------
+# The search
+# ---------------------------------------------------------------------------
+
+
+def _stimulus_cells(maps: torch.Tensor, cells: int, generator: torch.Generator) -> torch.Tensor:
+    """B x cells flat indices drawn (seeded) among the cells where each clean map is at most its median."""
+    flat = maps.flatten(1)
+    chosen = []
+    for row in flat:
+        quiet = (row <= row.median()).nonzero()[:, 0]
+        pick = torch.randperm(len(quiet), generator=generator)[: min(cells, len(quiet))]
+        chosen.append(quiet[pick].repeat(cells)[:cells])
+    return torch.stack(chosen)
+
+
+def _stimulate(model: nn.Module, layer: nn.Module, x: torch.Tensor, a: torch.Tensor, clean: torch.Tensor,
+               logits: torch.Tensor, classes: torch.Tensor, where: torch.Tensor, v: float, chunk: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Map and prediction changes, B x cells x K, of A + v e_{k,ij} for every image, chosen cell and channel;
+    and the stimulated maps of the best channel per (image, cell) are not kept (recomputed for the report)."""
+    batch, channels, rows, cols = a.shape
+    before = _distribution(clean.double())
+    centred = _centred(logits.double())
+    m = torch.zeros(batch, where.shape[1], channels, dtype=torch.float64)
+    p = torch.zeros_like(m)
+    for b in range(batch):
+        for c, cell in enumerate(where[b].tolist()):
+            for start in range(0, channels, chunk):
+                ks = torch.arange(start, min(start + chunk, channels))
+                stimulated = a[b : b + 1].repeat(len(ks), 1, 1, 1)
+                stimulated.view(len(ks), channels, -1)[torch.arange(len(ks)), ks, cell] += v
+                y, maps = _run_after(model, layer, x[b : b + 1], stimulated, classes[b].expand(len(ks)))
+                m[b, c, ks] = 0.5 * (_distribution(maps) - before[b]).abs().sum(1)
+                change = (_centred(y) - centred[b]).norm(dim=1)
+                p[b, c, ks] = change / centred[b].norm().clamp_min(1e-12)
+    return m, p
+
+
+def _optimise_patch(model: nn.Module, layer: nn.Module, x: torch.Tensor, channel: int, cell: tuple[int, int],
+                    grid: tuple[int, int], steps: int, v: float, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, tuple[int, int], float]:
+    """A patch over the cell's receptive field (twice the network's stride on a side), pixels in [0, 1],
+    raised by signed gradient ascent on A^channel_cell; returns (patch, top-left corner, gain / v)."""
+    side_in = x.shape[-1]
+    stride = max(1, side_in // grid[1])
+    s = min(side_in, x.shape[-2], 2 * stride)
+    r0 = min(max(0, cell[0] * stride + stride // 2 - s // 2), x.shape[-2] - s)
+    c0 = min(max(0, cell[1] * stride + stride // 2 - s // 2), side_in - s)
+    spec = input_spec(model)
+    mean = torch.tensor(spec.mean, dtype=x.dtype).reshape(3, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype).reshape(3, 1, 1)
+    patch = torch.rand(3, s, s, generator=generator, dtype=torch.float64).to(x.dtype)
+
+    def response(p: torch.Tensor) -> torch.Tensor:
+        image = x.clone()
+        image[:, :, r0 : r0 + s, c0 : c0 + s] = (p - mean) / std
+        store: dict = {}
+        handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("A", o))
+        try:
+            model(image)
+        finally:
+            handle.remove()
+        return store["A"][0, channel, cell[0], cell[1]]
+
+    with torch.no_grad():
+        first = float(response(patch))
+    for _ in range(steps):
+        p = patch.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(response(p), p, allow_unused=True)
+        if g is None or not bool(g.any()):
+            break
+        patch = (patch + 0.25 * g.sign()).clamp(0, 1)
+    with torch.no_grad():
+        gain = (float(response(patch)) - first) / v
+    return patch.detach(), (r0, c0), gain
+
+
+def trigger_search(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None, seed: int = 0,
+                   images: int = 2, cells: int = 1, amplitude: float = 4.0, steps: int = 8, chunk: int = 256
+                   ) -> TriggerSearch:
+    """Search Grad-CAM's layer A for the stimulus that moves the map far more than the prediction (module
+    docstring): every channel at `cells` seeded quiet cells of the first `images` images of x, amplitude
+    v = amplitude * median_k max A^k; then an input patch over the best cell (`steps` signed-gradient steps).
+    layer: the module whose output is A (default `lie_cam.gradcam.target_layer(model)`)."""
+    layer = _check_arguments(model, x, layer, seed)
+    images, cells = _integer("images", images, 1), _integer("cells", cells, 1)
+    steps, chunk = _integer("steps", steps, 0), _integer("chunk", chunk, 1)
+    if isinstance(amplitude, bool) or not isinstance(amplitude, numbers.Real) or not 0 < amplitude < math.inf:
+        raise ValueError(f"amplitude must be a finite number > 0 (the stimulus in units of A's scale), got {amplitude!r}")
+    x = x[:images]
+    generator = torch.Generator().manual_seed(int(seed))
+    store: dict = {}
+    with _replaced_output(layer, None, store):
+        model(x)
+    if "A" not in store:
+        raise RuntimeError(f"the layer {type(layer).__name__} did not run in the model's forward")
+    a = store["A"]
+    honest = gradcam(model, x, layer=layer)
+    peaks = a.double().amax(dim=(0, 2, 3))
+    alive = peaks[peaks > 0]
+    v = float(amplitude * (alive.median() if alive.numel() else 1.0))
+    where = _stimulus_cells(honest.maps, cells, generator)
+    m, p = _stimulate(model, layer, x, a, honest.maps, honest.logits, honest.classes, where, v, chunk)
+    ratios = (m / p.clamp_min(FLOOR)).mean(dim=(0, 1))
+    reference = torch.quantile(ratios, REFERENCE_QUANTILE).clamp_min(1e-12)
+    best = int(ratios.argmax())
+    score = float(torch.log10(ratios[best].clamp_min(1e-12) / reference))
+    b, c = divmod(int((m[:, :, best] / p[:, :, best].clamp_min(FLOOR)).argmax()), where.shape[1])
+    cell = divmod(int(where[b, c]), a.shape[-1])
+    stimulated = a[b : b + 1].clone()
+    stimulated[0, best, cell[0], cell[1]] += v
+    _, after = _run_after(model, layer, x[b : b + 1], stimulated, honest.classes[b : b + 1])
+    patch, location, gain = _optimise_patch(model, layer, x[b : b + 1], best, cell, tuple(a.shape[-2:]), steps, v,
+                                            generator)
+    return TriggerSearch(score=score, channel=best, cell=cell, map_change=float(m[:, :, best].mean()),
+                         prediction_change=float(p[:, :, best].mean()), patch=patch, location=location,
+                         patch_gain=gain, image=b, amplitude=v, ratios=ratios, map_changes=m.mean(dim=(0, 1)),
+                         prediction_changes=p.mean(dim=(0, 1)), clean_map=honest.maps[b].double(),
+                         stimulated_map=after[0])
+
+
+def trigger_score(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None, seed: int = 0) -> float:
+    """The score of `trigger_search` (higher = more suspicious; above `THRESHOLD` flags), without the patch."""
+    return trigger_search(model, x, layer=layer, seed=seed, steps=0).score
