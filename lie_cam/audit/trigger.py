@@ -10,7 +10,10 @@ pixels finds without being told it (gradient descent sees a zero gradient; rando
 it). Its consequence in A cannot hide: the search stimulates every channel k of A (the `layer`) at a
 cell (i, j) (the ABS idea of Liu et al. 2019, "stimulate one neuron", applied to the explanation),
 
-    A' = A + v e_{k,ij},      v = amplitude * median_k max A^k   (the layer's own scale),
+    A' = A + v_k e_{k,ij},    v_k = amplitude * max_ij I / |alpha_k|,
+
+the stimulus that, by Grad-CAM's own weights, raises the map at (i, j) to `amplitude` times its peak
+(capped at 1e4 times the layer's largest activation; channels with alpha_k = 0 are not stimulated),
 
 and recomputes Grad-CAM (alpha' from dy/dA at A', for the clean image's class) and the scores y':
 
@@ -53,7 +56,7 @@ import torch
 from torch import nn
 
 from lie_cam.anatomy import input_spec
-from lie_cam.gradcam import check_finite, gradcam, target_layer
+from lie_cam.gradcam import check_finite, gradcam, non_finite_weights, target_layer
 
 __all__ = ["TriggerSearch", "trigger_search", "trigger_score", "FLOOR", "REFERENCE_QUANTILE", "THRESHOLD"]
 
@@ -76,7 +79,7 @@ class TriggerSearch:
     image:             index in x of the image the patch was optimised on
     ratios, map_changes, prediction_changes: per channel (K values)
     clean_map, stimulated_map: H x W Grad-CAM of that image, without and with the best stimulus
-    amplitude:         v, the stimulus added to A
+    amplitude:         v_k, the stimulus added to A at the best channel and cell
     """
 
     score: float
@@ -125,6 +128,10 @@ def _check_arguments(model: object, x: object, layer: object, seed: object) -> n
     if model.training:
         raise ValueError(f"model ({type(model).__name__}) is in training mode: call model.eval() first "
                          "(dropout would make every score of the search random)")
+    bad = non_finite_weights(model)
+    if bad:
+        raise ValueError(f"the model's weights are not finite: {', '.join(bad[:5])} hold NaN or infinite values; "
+                         "the trigger search expects finite weights")
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point() or not len(x):
         raise ValueError("x must be a float B x 3 x H x W tensor of normalised images (B >= 1), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -176,7 +183,8 @@ def _run_after(model: nn.Module, layer: nn.Module, x_one: torch.Tensor, stimulat
     with _replaced_output(layer, stimulated, store):
         logits = model(x_one)
         if "leaf" not in store:
-            raise RuntimeError(f"the layer {type(layer).__name__} did not run in the model's forward")
+            raise ValueError(f"the layer {type(layer).__name__} did not run in the model's forward: expected one of "
+                             "the model's modules (the one whose output is Grad-CAM's A)")
         if logits.shape[0] != stimulated.shape[0]:
             raise ValueError(f"the part of the model after the layer does not keep the batch of A ({stimulated.shape[0]}"
                              f" stimulated activations gave {logits.shape[0]} score rows): name a layer whose output "
@@ -216,10 +224,10 @@ def _stimulus_cells(maps: torch.Tensor, cells: int, generator: torch.Generator) 
 
 
 def _stimulate(model: nn.Module, layer: nn.Module, x: torch.Tensor, a: torch.Tensor, clean: torch.Tensor,
-               logits: torch.Tensor, classes: torch.Tensor, where: torch.Tensor, v: float, chunk: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Map and prediction changes, B x cells x K, of A + v e_{k,ij} for every image, chosen cell and channel;
-    and the stimulated maps of the best channel per (image, cell) are not kept (recomputed for the report)."""
+               logits: torch.Tensor, classes: torch.Tensor, where: torch.Tensor, v: torch.Tensor, chunk: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map and prediction changes, B x cells x K, of A + v_bk e_{k,ij} for every image b, chosen cell and
+    channel k (v: B x K)."""
     batch, channels, rows, cols = a.shape
     before = _distribution(clean.double())
     centred = _centred(logits.double())
@@ -230,7 +238,7 @@ def _stimulate(model: nn.Module, layer: nn.Module, x: torch.Tensor, a: torch.Ten
             for start in range(0, channels, chunk):
                 ks = torch.arange(start, min(start + chunk, channels))
                 stimulated = a[b : b + 1].repeat(len(ks), 1, 1, 1)
-                stimulated.view(len(ks), channels, -1)[torch.arange(len(ks)), ks, cell] += v
+                stimulated.view(len(ks), channels, -1)[torch.arange(len(ks)), ks, cell] += v[b, ks].to(a.dtype)
                 y, maps = _run_after(model, layer, x[b : b + 1], stimulated, classes[b].expand(len(ks)))
                 m[b, c, ks] = 0.5 * (_distribution(maps) - before[b]).abs().sum(1)
                 change = (_centred(y) - centred[b]).norm(dim=1)
@@ -278,30 +286,41 @@ def _optimise_patch(model: nn.Module, layer: nn.Module, x: torch.Tensor, channel
     return patch.detach(), (r0, c0), gain
 
 
+def _amplitudes(a: torch.Tensor, alpha: torch.Tensor, maps: torch.Tensor, amplitude: float) -> torch.Tensor:
+    """B x K stimuli v_bk = amplitude * max_ij I_b / |alpha_bk| (I_b: the clean map, or |sum_k alpha_k A^k| where
+    I_b is all zero), at most 1e4 * max A; 0 where alpha_bk = 0 (up to 1e-12 of the largest |alpha_b|)."""
+    peak = maps.flatten(1).amax(1)
+    raw = torch.einsum("bk,bkhw->bhw", alpha, a.double()).abs().flatten(1).amax(1)
+    peak = torch.where(peak > 0, peak, torch.where(raw > 0, raw, torch.ones_like(raw)))
+    size = alpha.abs()
+    cap = 1e4 * float(a.double().abs().max().clamp_min(1e-12))
+    v = (amplitude * peak[:, None] / size.clamp_min(1e-300)).clamp_max(cap)
+    return torch.where(size > 1e-12 * size.amax(1, keepdim=True), v, torch.zeros_like(v))
+
+
 def trigger_search(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None, seed: int = 0,
                    images: int = 2, cells: int = 1, amplitude: float = 4.0, steps: int = 8, chunk: int = 256
                    ) -> TriggerSearch:
     """Search Grad-CAM's layer A for the stimulus that moves the map far more than the prediction (module
-    docstring): every channel at `cells` seeded quiet cells of the first `images` images of x, amplitude
-    v = amplitude * median_k max A^k; then an input patch over the best cell (`steps` signed-gradient steps).
+    docstring): every channel at `cells` seeded quiet cells of the first `images` images of x, stimulus
+    v_k = amplitude * max I / |alpha_k| (the map's peak, `amplitude` times, by Grad-CAM's weights); then an input patch over the best cell (`steps` signed-gradient steps).
     layer: the module whose output is A (default `lie_cam.gradcam.target_layer(model)`)."""
     layer = _check_arguments(model, x, layer, seed)
     images, cells = _integer("images", images, 1), _integer("cells", cells, 1)
     steps, chunk = _integer("steps", steps, 0), _integer("chunk", chunk, 1)
     if isinstance(amplitude, bool) or not isinstance(amplitude, numbers.Real) or not 0 < amplitude < math.inf:
-        raise ValueError(f"amplitude must be a finite number > 0 (the stimulus in units of A's scale), got {amplitude!r}")
+        raise ValueError(f"amplitude must be a finite number > 0 (the stimulated cell's map in units of the map's peak), got {amplitude!r}")
     x = x[:images]
     generator = torch.Generator().manual_seed(int(seed))
     store: dict = {}
     with _replaced_output(layer, None, store):
         model(x)
     if "A" not in store:
-        raise RuntimeError(f"the layer {type(layer).__name__} did not run in the model's forward")
+        raise ValueError(f"the layer {type(layer).__name__} did not run in the model's forward: expected one of the "
+                         "model's modules (the one whose output is Grad-CAM's A)")
     a = store["A"]
     honest = gradcam(model, x, layer=layer)
-    peaks = a.double().amax(dim=(0, 2, 3))
-    alive = peaks[peaks > 0]
-    v = float(amplitude * (alive.median() if alive.numel() else 1.0))
+    v = _amplitudes(a, honest.alpha.double(), honest.maps.double(), amplitude)
     where = _stimulus_cells(honest.maps, cells, generator)
     m, p = _stimulate(model, layer, x, a, honest.maps, honest.logits, honest.classes, where, v, chunk)
     ratios = (m / p.clamp_min(FLOOR)).mean(dim=(0, 1))
@@ -311,13 +330,13 @@ def trigger_search(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = 
     b, c = divmod(int((m[:, :, best] / p[:, :, best].clamp_min(FLOOR)).argmax()), where.shape[1])
     cell = divmod(int(where[b, c]), a.shape[-1])
     stimulated = a[b : b + 1].clone()
-    stimulated[0, best, cell[0], cell[1]] += v
+    stimulated[0, best, cell[0], cell[1]] += v[b, best].to(a.dtype)
     _, after = _run_after(model, layer, x[b : b + 1], stimulated, honest.classes[b : b + 1])
-    patch, location, gain = _optimise_patch(model, layer, x[b : b + 1], best, cell, tuple(a.shape[-2:]), steps, v,
-                                            generator)
+    patch, location, gain = _optimise_patch(model, layer, x[b : b + 1], best, cell, tuple(a.shape[-2:]), steps,
+                                            float(v[b, best]), generator)
     return TriggerSearch(score=score, channel=best, cell=cell, map_change=float(m[:, :, best].mean()),
                          prediction_change=float(p[:, :, best].mean()), patch=patch, location=location,
-                         patch_gain=gain, image=b, amplitude=v, ratios=ratios, map_changes=m.mean(dim=(0, 1)),
+                         patch_gain=gain, image=b, amplitude=float(v[b, best]), ratios=ratios, map_changes=m.mean(dim=(0, 1)),
                          prediction_changes=p.mean(dim=(0, 1)), clean_map=honest.maps[b].double(),
                          stimulated_map=after[0])
 
