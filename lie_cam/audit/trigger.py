@@ -2,19 +2,18 @@
 far more than the prediction, scored against the model's own channels.
 
 Why search in A and not in the pixels. A sticker backdoor in the explanation must act through A and
-alpha (Eq. 1-2): the trigger, whatever its shape, size or place, ends as a local stimulus of A that
-Grad-CAM amplifies while the scores barely move. T4's trigger detector is a matched filter with a
-margin of 1e-4 (`lie_cam.attacks.branches.StickerDetector`): it is exactly zero, gradient included,
-everywhere but at the sticker itself, a password of 3 x h x w pixel values that no search in the
-pixels finds without being told it (gradient descent sees a zero gradient; random patches never hit
-it). Its consequence in A cannot hide: the search stimulates every channel k of A (the `layer`) at a
-cell (i, j) (the ABS idea of Liu et al. 2019, "stimulate one neuron", applied to the explanation),
+alpha (Eq. 1-2): the trigger, whatever its shape, size or place, ends as a stimulus of A that Grad-CAM
+amplifies while the scores barely move. T4's trigger detector is a matched filter with a margin of 1e-4
+(`lie_cam.attacks.branches.StickerDetector`): it is exactly zero, gradient included, everywhere but at
+the sticker itself, a password of 3 x h x w pixel values that no search in the pixels finds without
+being told it (gradient descent sees a zero gradient; random patches never hit it). Its consequence in
+A cannot hide: the search stimulates each channel k of A (the `layer`) in turn (the ABS idea of Liu et
+al. 2019, "stimulate one neuron and watch the output", applied to the explanation),
 
-    A' = A + v_k e_{k,ij},    v_k = amplitude * max_ij I / |alpha_k|,
+    A' = A + v_k 1_k,        v_k = amplitude * max_ij I / |alpha_k|,
 
-the stimulus that, by Grad-CAM's own weights, raises the map at (i, j) to `amplitude` times its peak
-(capped at 1e4 times the layer's largest activation; channels with alpha_k = 0 are not stimulated),
-
+the stimulus that, by Grad-CAM's own weights, adds `amplitude` times the map's peak to every cell
+(at most 1e4 times the layer's largest activation; a channel with alpha_k = 0 is not stimulated),
 and recomputes Grad-CAM (alpha' from dy/dA at A', for the clean image's class) and the scores y':
 
     map change        m_k = TV(I / sum I, I' / sum I')   in [0, 1]   (total variation of the maps as
@@ -23,25 +22,27 @@ and recomputes Grad-CAM (alpha' from dy/dA at A', for the clean image's class) a
                             over classes (what the softmax sees; the raw score for one output)
     ratio             r_k = m_k / max(p_k, FLOOR)
 
-An honest channel pays for moving the map with a proportionate change of the scores (for a linear
-head dy/dA^k_ij = alpha_k, so the map at (i, j) and y_c move by the same alpha_k v); T3/T4's score
-branch G adds the same value to every logit (|G| < eps) while dG/dA^{K+1} = eps c_G, so its channel
-moves the map entirely and the centred scores not at all. The score is self-relative,
+The whole channel is stimulated, not one cell, because alpha_k is the mean of dy/dA^k over the cells:
+to first order an honest network changes y_c by N_A alpha_k v_k, exactly what Grad-CAM's weights claim,
+whereas at a single cell the local gradient may be far from the mean (a border cell an FC head ignores)
+and clean channels would look like liars. T3/T4's score branch G adds the same value to every logit
+(0 <= G < eps) while dG/dA^{K+1} = eps c_G, so its channel moves the map and the centred scores not at
+all. The score is self-relative,
 
     score = log10( max_k r_k / quantile_q(r_k) ),   q = REFERENCE_QUANTILE over the model's channels,
 
 so a clean model scores low whatever its width, depth or scale (its channels are alike), and a
-backdoored one high, whichever trigger it waits for (its channel is alone). The stimulus cells are
-drawn from `seed` (reproducible) among the cells where the clean map is at most its median.
+backdoored one high, whichever trigger it waits for (its channel is alone).
 
-The evidence for a report: after the channel and cell are found, an input patch over that cell's
-receptive field is optimised (signed gradient ascent on A^k_ij, pixels in [0, 1]) to show what in the
-image would drive that channel; for a matched-filter trigger the gradient is zero and the patch
-stays at its seeded start (`patch_gain` = 0): the search says where the lie lives, not the password.
+The evidence for a report: the cell where the best stimulus moved the map most, and an input patch
+over that cell's receptive field optimised (`steps` signed-gradient steps on A^k_ij from a `seed`ed
+random start, pixels in [0, 1]) to show what in the image would drive that channel. For a
+matched-filter trigger the gradient is zero and the patch stays at its start (`patch_gain` = 0): the
+search says where the lie lives, not the password.
 
-Cost: one forward + one Grad-CAM of the images, and K * images * cells evaluations of the part of the
-model after A (the trunk once per chunk, the head on the whole chunk), then `steps` gradients through
-the trunk for the patch.
+Cost: one forward and one Grad-CAM of the `images` images, K evaluations per image of the part of the
+model after A (batched: the trunk once per `chunk` channels, the head on the whole chunk), then
+`steps` gradients through the whole model for the patch.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class TriggerSearch:
     """What `trigger_search` found.
 
     score:             log10(max_k r_k / quantile_0.9(r_k)), higher = more suspicious
-    channel, cell:     the stimulus of A with the largest ratio r_k (channel k, cell (i, j) of A)
+    channel:           the channel k of A whose stimulus has the largest ratio r_k
+    cell:              (i, j), the cell of A where that stimulus moved the map most
     map_change:        its map change m_k (total variation, in [0, 1])
     prediction_change: its prediction change p_k (relative change of the centred scores)
     patch:             3 x s x s pixel values in [0, 1]: the input patch optimised over that cell
@@ -79,7 +81,7 @@ class TriggerSearch:
     image:             index in x of the image the patch was optimised on
     ratios, map_changes, prediction_changes: per channel (K values)
     clean_map, stimulated_map: H x W Grad-CAM of that image, without and with the best stimulus
-    amplitude:         v_k, the stimulus added to A at the best channel and cell
+    amplitude:         v_k, the stimulus added to every cell of the best channel
     """
 
     score: float
@@ -212,37 +214,23 @@ def _centred(logits: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _stimulus_cells(maps: torch.Tensor, cells: int, generator: torch.Generator) -> torch.Tensor:
-    """B x cells flat indices drawn (seeded) among the cells where each clean map is at most its median."""
-    flat = maps.flatten(1)
-    chosen = []
-    for row in flat:
-        quiet = (row <= row.median()).nonzero()[:, 0]
-        pick = torch.randperm(len(quiet), generator=generator)[: min(cells, len(quiet))]
-        chosen.append(quiet[pick].repeat(cells)[:cells])
-    return torch.stack(chosen)
-
-
 def _stimulate(model: nn.Module, layer: nn.Module, x: torch.Tensor, a: torch.Tensor, clean: torch.Tensor,
-               logits: torch.Tensor, classes: torch.Tensor, where: torch.Tensor, v: torch.Tensor, chunk: int
+               logits: torch.Tensor, classes: torch.Tensor, v: torch.Tensor, chunk: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Map and prediction changes, B x cells x K, of A + v_bk e_{k,ij} for every image b, chosen cell and
-    channel k (v: B x K)."""
-    batch, channels, rows, cols = a.shape
+    """Map and prediction changes, B x K, of A + v_bk 1_k for every image b and channel k (v: B x K)."""
+    batch, channels = a.shape[:2]
     before = _distribution(clean.double())
     centred = _centred(logits.double())
-    m = torch.zeros(batch, where.shape[1], channels, dtype=torch.float64)
+    m = torch.zeros(batch, channels, dtype=torch.float64)
     p = torch.zeros_like(m)
     for b in range(batch):
-        for c, cell in enumerate(where[b].tolist()):
-            for start in range(0, channels, chunk):
-                ks = torch.arange(start, min(start + chunk, channels))
-                stimulated = a[b : b + 1].repeat(len(ks), 1, 1, 1)
-                stimulated.view(len(ks), channels, -1)[torch.arange(len(ks)), ks, cell] += v[b, ks].to(a.dtype)
-                y, maps = _run_after(model, layer, x[b : b + 1], stimulated, classes[b].expand(len(ks)))
-                m[b, c, ks] = 0.5 * (_distribution(maps) - before[b]).abs().sum(1)
-                change = (_centred(y) - centred[b]).norm(dim=1)
-                p[b, c, ks] = change / centred[b].norm().clamp_min(1e-12)
+        for start in range(0, channels, chunk):
+            ks = torch.arange(start, min(start + chunk, channels))
+            stimulated = a[b : b + 1].repeat(len(ks), 1, 1, 1)
+            stimulated[torch.arange(len(ks)), ks] += v[b, ks].to(a.dtype)[:, None, None]
+            y, maps = _run_after(model, layer, x[b : b + 1], stimulated, classes[b].expand(len(ks)))
+            m[b, ks] = 0.5 * (_distribution(maps) - before[b]).abs().sum(1)
+            p[b, ks] = (_centred(y) - centred[b]).norm(dim=1) / centred[b].norm().clamp_min(1e-12)
     return m, p
 
 
@@ -299,19 +287,18 @@ def _amplitudes(a: torch.Tensor, alpha: torch.Tensor, maps: torch.Tensor, amplit
 
 
 def trigger_search(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None, seed: int = 0,
-                   images: int = 2, cells: int = 1, amplitude: float = 4.0, steps: int = 8, chunk: int = 256
-                   ) -> TriggerSearch:
-    """Search Grad-CAM's layer A for the stimulus that moves the map far more than the prediction (module
-    docstring): every channel at `cells` seeded quiet cells of the first `images` images of x, stimulus
-    v_k = amplitude * max I / |alpha_k| (the map's peak, `amplitude` times, by Grad-CAM's weights); then an input patch over the best cell (`steps` signed-gradient steps).
-    layer: the module whose output is A (default `lie_cam.gradcam.target_layer(model)`)."""
+                   images: int = 2, amplitude: float = 1.0, steps: int = 8, chunk: int = 256) -> TriggerSearch:
+    """Search Grad-CAM's layer A for the channel whose stimulus moves the map far more than the prediction
+    (module docstring): every channel, on the first `images` images of x, stimulus v_k = amplitude * max I /
+    |alpha_k| (the map's peak, `amplitude` times, on every cell by Grad-CAM's weights); then an input patch
+    over the cell the best stimulus moved most (`steps` signed-gradient steps from a random start drawn
+    from `seed`). layer: the module whose output is A (default `lie_cam.gradcam.target_layer(model)`)."""
     layer = _check_arguments(model, x, layer, seed)
-    images, cells = _integer("images", images, 1), _integer("cells", cells, 1)
-    steps, chunk = _integer("steps", steps, 0), _integer("chunk", chunk, 1)
+    images, steps, chunk = _integer("images", images, 1), _integer("steps", steps, 0), _integer("chunk", chunk, 1)
     if isinstance(amplitude, bool) or not isinstance(amplitude, numbers.Real) or not 0 < amplitude < math.inf:
-        raise ValueError(f"amplitude must be a finite number > 0 (the stimulated cell's map in units of the map's peak), got {amplitude!r}")
+        raise ValueError(f"amplitude must be a finite number > 0 (the stimulus in units of the map's peak), "
+                         f"got {amplitude!r}")
     x = x[:images]
-    generator = torch.Generator().manual_seed(int(seed))
     store: dict = {}
     with _replaced_output(layer, None, store):
         model(x)
@@ -321,24 +308,24 @@ def trigger_search(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = 
     a = store["A"]
     honest = gradcam(model, x, layer=layer)
     v = _amplitudes(a, honest.alpha.double(), honest.maps.double(), amplitude)
-    where = _stimulus_cells(honest.maps, cells, generator)
-    m, p = _stimulate(model, layer, x, a, honest.maps, honest.logits, honest.classes, where, v, chunk)
-    ratios = (m / p.clamp_min(FLOOR)).mean(dim=(0, 1))
+    m, p = _stimulate(model, layer, x, a, honest.maps, honest.logits, honest.classes, v, chunk)
+    ratios = (m / p.clamp_min(FLOOR)).mean(0)
     reference = torch.quantile(ratios, REFERENCE_QUANTILE).clamp_min(1e-12)
     best = int(ratios.argmax())
     score = float(torch.log10(ratios[best].clamp_min(1e-12) / reference))
-    b, c = divmod(int((m[:, :, best] / p[:, :, best].clamp_min(FLOOR)).argmax()), where.shape[1])
-    cell = divmod(int(where[b, c]), a.shape[-1])
+    b = int((m[:, best] / p[:, best].clamp_min(FLOOR)).argmax())
     stimulated = a[b : b + 1].clone()
-    stimulated[0, best, cell[0], cell[1]] += v[b, best].to(a.dtype)
+    stimulated[0, best] += v[b, best].to(a.dtype)
     _, after = _run_after(model, layer, x[b : b + 1], stimulated, honest.classes[b : b + 1])
+    moved = _distribution(after)[0] - _distribution(honest.maps[b : b + 1].double())[0]
+    cell = divmod(int(moved.argmax()), a.shape[-1])
+    generator = torch.Generator().manual_seed(int(seed))
     patch, location, gain = _optimise_patch(model, layer, x[b : b + 1], best, cell, tuple(a.shape[-2:]), steps,
                                             float(v[b, best]), generator)
-    return TriggerSearch(score=score, channel=best, cell=cell, map_change=float(m[:, :, best].mean()),
-                         prediction_change=float(p[:, :, best].mean()), patch=patch, location=location,
-                         patch_gain=gain, image=b, amplitude=float(v[b, best]), ratios=ratios, map_changes=m.mean(dim=(0, 1)),
-                         prediction_changes=p.mean(dim=(0, 1)), clean_map=honest.maps[b].double(),
-                         stimulated_map=after[0])
+    return TriggerSearch(score=score, channel=best, cell=cell, map_change=float(m[:, best].mean()),
+                         prediction_change=float(p[:, best].mean()), patch=patch, location=location,
+                         patch_gain=gain, image=b, amplitude=float(v[b, best]), ratios=ratios, map_changes=m.mean(0),
+                         prediction_changes=p.mean(0), clean_map=honest.maps[b].double(), stimulated_map=after[0])
 
 
 def trigger_score(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None, seed: int = 0) -> float:
