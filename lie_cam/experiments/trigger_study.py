@@ -9,7 +9,8 @@ tuned on (`variant_triggers`: random binary grey and colour patterns, a checkerb
 pattern, a ring, a cross, sides 5 to 28 pixels, and the paper's smiley once), one trigger per model.
 The search sees only clean images (the architecture check plays no part); it is also run on images
 carrying the stickers (at the seeded places of `lie_cam.data.sticker_positions`, elsewhere than the
-tables' places), on T1-T3 and the hijack, and, with `--full-size`, on torchvision's VGG-16 (random
+tables' places), on T1-T3 and the hijack, on the real brain-tumour VGG-16 of chapter 13 and its T4,
+and, with `--full-size`, on torchvision's VGG-16 (random
 weights) and its T4, for the cost. Writes DIR/trigger_study.json (and trigger_study.md) through
 `staged_output`. Deterministic: every network, trigger, image and search from fixed seeds.
 """
@@ -175,6 +176,19 @@ def _full_size(x: torch.Tensor, seed: int) -> dict:
     return {"vgg16": _search(vgg, x, seed), "vgg16-T4": _search(ATTACKS["T4"].build(vgg).eval(), x, seed)}
 
 
+def _tumour(seed: int) -> dict:
+    """The real trained third-party VGG-16 of chapter 13 (`lie_cam.tumour`) on two MNI152 slices, clean and
+    with T4 (smiley); {"unavailable": why} when its package is not installed."""
+    try:
+        from lie_cam.tumour import setup
+    except ImportError as error:  # pragma: no cover - depends on the optional package
+        return {"unavailable": str(error)}
+    chapter = setup(n=2, device="cpu")
+    model = chapter.model.eval()
+    return {"tumour": _search(model, chapter.x, seed),
+            "tumour-T4": _search(ATTACKS["T4"].build(model).eval(), chapter.x, seed)}
+
+
 def _statistics(rows: dict) -> dict:
     clean = [r["score"] for r in rows["clean"].values()]
     stats = {}
@@ -208,6 +222,7 @@ def run_trigger_study(out: str | Path, zoo: str | Path | None = None, n_images: 
               "other_attacks": _other_attacks(clean, x, seed), "n_images": n_images, "seed": seed,
               "learned_backdoors": "none yet (issue 21): not measured",
               "threads": torch.get_num_threads(), "command": f"python -m lie_cam trigger-study --out {given}"}
+    result["real_model"] = _tumour(seed)
     if full_size:
         result["full_size"] = _full_size(x, seed)
     result["seconds"] = round(time.time() - started)
@@ -224,6 +239,8 @@ def study_markdown(result: dict) -> str:
               "AUROC": s["auroc"], "TPR at 1% FPR": s["tpr_at_1pct_fpr"], "flagged": f"{s['flagged']}/{s['n']}"}
              for key, s in stats.items() if key.startswith("backdoored")]
     other = [{"model": name, "score": r["score"]} for name, r in result["other_attacks"].items()]
+    extra = [{"model": name, "score": r["score"], "seconds": r["seconds"], "cpu seconds": r["cpu_seconds"]}
+             for part in ("real_model", "full_size") for name, r in result.get(part, {}).items() if "score" in r]
     return "\n\n".join([
         "# Trigger search: T4 with unseen triggers, architecture check off",
         f"Command: `{result['command']}` ({result['seconds']} s, {result['threads']} thread(s)); threshold "
@@ -233,5 +250,7 @@ def study_markdown(result: dict) -> str:
         markdown_table(table, ["backdoored images", "AUROC", "TPR at 1% FPR", "flagged"], floatfmt=".3f"),
         "## T1-T3 and the hijack (not the search's job)",
         markdown_table(other, ["model", "score"], floatfmt=".2f"),
+        "## A real model and the cost",
+        markdown_table(extra, ["model", "score", "seconds", "cpu seconds"], floatfmt=".2f") if extra else "none",
         f"Learned backdoors: {result['learned_backdoors']}.",
     ]) + "\n"
