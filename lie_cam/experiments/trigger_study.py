@@ -235,7 +235,7 @@ def run_trigger_study(out: str | Path, zoo: str | Path | None = None, n_images: 
 def study_markdown(result: dict) -> str:
     """The AUROC / TPR table and the counts, in Markdown."""
     stats = result["statistics"]
-    table = [{"backdoored images": key.replace("backdoored_with_sticker", "with sticker").replace("backdoored", "clean"),
+    table = [{"auditor's images": "with the trigger" if key.endswith("sticker") else "clean",
               "AUROC": s["auroc"], "TPR at 1% FPR": s["tpr_at_1pct_fpr"], "flagged": f"{s['flagged']}/{s['n']}"}
              for key, s in stats.items() if key.startswith("backdoored")]
     other = [{"model": name, "score": r["score"]} for name, r in result["other_attacks"].items()]
@@ -247,7 +247,7 @@ def study_markdown(result: dict) -> str:
         f"{result['threshold']}. False alarms: {stats['clean']['false_alarms']}/{stats['clean']['n']} clean models "
         f"(highest score {stats['clean']['max']:.2f}), {stats['clean_with_sticker']['false_alarms']}/"
         f"{stats['clean_with_sticker']['n']} with a sticker in the images.",
-        markdown_table(table, ["backdoored images", "AUROC", "TPR at 1% FPR", "flagged"], floatfmt=".3f"),
+        markdown_table(table, ["auditor's images", "AUROC", "TPR at 1% FPR", "flagged"], floatfmt=".3f"),
         "## T1-T3 and the hijack (not the search's job)",
         markdown_table(other, ["model", "score"], floatfmt=".2f"),
         "## A real model and the cost",
