@@ -158,6 +158,30 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_trigger_study(commands: argparse._SubParsersAction) -> None:
+    trig = commands.add_parser("trigger-study", help="the trigger search on clean models and on T4 with unseen "
+                               "triggers: AUROC and TPR at 1%% FPR, the architecture check off")
+    trig.add_argument("--out", required=True, help="output folder (trigger_study.json, trigger_study.md)")
+    trig.add_argument("--zoo", default=None, help="zoo folder (built there if missing; default OUT/zoo)")
+    trig.add_argument("--images", type=positive_int, default=2, help="clean images the search sees (default 2)")
+    trig.add_argument("--seed", type=non_negative_int, default=0, help="the search's seed (default 0)")
+    trig.add_argument("--full-size", action="store_true", help="also torchvision's VGG-16 and its T4 (the cost)")
+    trig.add_argument("--no-progress", action="store_true")
+    trig.set_defaults(run=_trigger_study)
+
+
+def _trigger_study(args: argparse.Namespace) -> int:
+    from lie_cam.experiments.output import check_output_dir
+    from lie_cam.experiments.trigger_study import TRIGGER_STUDY_FILES, run_trigger_study, study_markdown
+
+    check_output_dir(args.out, TRIGGER_STUDY_FILES)
+    result = run_trigger_study(args.out, zoo=args.zoo, n_images=args.images, seed=args.seed,
+                               full_size=args.full_size, progress=not args.no_progress)
+    print(study_markdown(result))
+    print(f"wrote {args.out}/trigger_study.json, trigger_study.md in {result['seconds']}s")
+    return 0
+
+
 def _add_precision(commands: argparse._SubParsersAction) -> None:
     prec = commands.add_parser("precision", help="float64 to float16 (tf32, bf16, fp16): score changes predicted "
                                "and measured, naive and safe builds, the sign failure")
@@ -196,7 +220,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_reproduce, _add_explainers, _add_detect, _add_precision, _add_train)
+    _add_reproduce, _add_explainers, _add_detect, _add_trigger_study, _add_precision, _add_train)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,9 @@ score, higher meaning more suspicious. `DETECTORS` lists them with what they nee
     g  occlusion_disagreement  mean |I~_cam - I~_occ| between max-normalised Grad-CAM (pooled to the
                             occlusion grid) and occlusion map (drop of y_c when a cell is set to 0, the
                             mean colour). Clean images, 1 Grad-CAM + grid^2 forwards.
+    t  trigger_score        log10 of the largest ratio (map change / prediction change) of a stimulus of one
+                            channel of A over the 90th percentile of the model's channels
+                            (`lie_cam.audit.trigger`). Clean images (2), 1 Grad-CAM + K head passes.
 Model files load with safetensors or `torch.load(weights_only=True)` only (`lie_cam.models.load_model_file`).
 """
 
@@ -37,6 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lie_cam.gradcam import gradcam, non_finite_weights, normalize_maps, target_layer
+from lie_cam.audit.trigger import trigger_score
 from lie_cam.models import ModelLike, as_model, read_state_dict, vgg_state_dict_problems
 
 __all__ = [
@@ -353,6 +357,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("f", "gradient vs finite differences", gradient_check, True, 4, "autograd disagrees with the function"),
     Detector("f2", "IG completeness", ig_completeness, True, 18, "attributions do not add up to the score"),
     Detector("g", "Grad-CAM vs occlusion", occlusion_disagreement, True, 19, "Grad-CAM disagrees with a forward-only map"),
+    Detector("t", "trigger search", trigger_score, True, 3, "a stimulus of A moves the map, not the scores"),
 )
 
 
