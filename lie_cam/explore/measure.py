@@ -178,7 +178,7 @@ class TechniqueSpec:
 
 SPECS: dict[str, TechniqueSpec] = {
     "T1": TechniqueSpec("T1", "T1, a flat explanation", (
-        SliderSpec("c_W", "c_W (FC weight)", 0.1, min=-3, max=4, step=0.25, log=True, fmt=".0e",
+        SliderSpec("c_W", "c_W (FC weight)", 0.01, min=-3, max=4, step=0.25, log=True, fmt=".0e",
                    points=(1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3)),
         SliderSpec("c_A", "c_A (channel value)", 100.0, min=1, max=200, step=1, fmt=".3g",
                    points=(1.0, 10.0, 50.0, 100.0, 200.0)),
@@ -205,7 +205,7 @@ SPECS: dict[str, TechniqueSpec] = {
         SliderSpec("stickers", "stickers", True, choices=(False, True, 2, 3),
                    labels=("off", "place 1", "place 2", "place 3")),
         SliderSpec("c_F", "c_F (branch scale)", 1e9, min=5, max=11, step=0.5, log=True, fmt=".0e",
-                   points=(1e7, 1e8, 1e9, 1e10, 1e11)),
+                   points=(1e7, 1e8, 1e9, 1e11)),
     ), ATTACKS["T4"].build, {"c_G": 1.0}, head_only=("eps", "c_G")),
 }
 

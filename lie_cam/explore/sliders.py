@@ -208,8 +208,8 @@ def _control_html(uid: str, j: int, spec: SliderSpec, pts: Sequence[Any]) -> str
             f'<label style="margin-right:0.8em;white-space:nowrap"><input type="radio" name="{uid}-{j}" value="{i}"'
             f'{" checked" if i == default else ""} data-control="{j}"> {html.escape(spec.format(v))}</label>'
             for i, v in enumerate(pts))
-        return (f'<div class="lc-control" style="margin:0.2em 0"><span style="display:inline-block;min-width:11em">'
-                f"{label}</span>{options}</div>")
+        return (f'<div class="lc-control" style="margin:0.2em 0;display:flex;align-items:center;flex-wrap:wrap;'
+                f'column-gap:0.6em"><span style="min-width:11em">{label}</span><span>{options}</span></div>')
     return (f'<div class="lc-control" style="margin:0.2em 0;display:flex;align-items:center;flex-wrap:wrap;gap:0.6em">'
             f'<label for="{uid}-{j}" style="min-width:11em">{label}</label>'
             f'<input type="range" id="{uid}-{j}" min="0" max="{len(pts) - 1}" step="1" value="{default}" '
