@@ -1,20 +1,27 @@
 """Kernel-free sliders for the book's HTML: `lie_cam.explore.measure.measure` precomputed on a grid, one
 self-contained HTML block (inline data and script, no CDN, no network request).
 
-    block = precompute("T1", model, x[i], class_names=ch.name)   # every grid point measured
-    block                                                        # displays as the HTML block
+    block = precompute("T1", model, x[:3], class_names=ch.name, ranks=(0, 1), norms=("max", "min-max"))
+    block                                  # displays as the HTML block
+    block.changes("c_W")                   # (steps that change the picture, ... the map, steps)
 
-For a technique with controls s_1..s_m (`measure.SPECS[technique].sliders`), each with its
-kernel-free values `s_j.kernel_free_points()` (n_j of them), the build measures all
-n_1 * ... * n_m combinations. Record r of the combination (i_1, ..., i_m) sits at
+The controls s_1..s_m are the scene (when x holds several images), the explained class (by
+rank, when several `ranks`), the technique's own (`measure.SPECS[technique].sliders`, less any
+given as a fixed keyword) and the normalisation (when several `norms`), each with its kernel-free
+values (n_j of them); the build measures all n_1 * ... * n_m combinations, one network build
+per combination of the technique's own controls (`measure.measure_batch` explains every scene,
+class and normalisation from it). Record r of the combination (i_1, ..., i_m) sits at
 
     r = sum_j i_j * stride_j,   stride_m = 1,  stride_j = stride_{j+1} * n_{j+1}
 
-and holds the normalised map quantised to bytes (round(255 I~), h x w, base64) and the numbers
-as display strings. In the browser a small inline script maps the controls to r and draws, on
+and holds the normalised map quantised to bytes (round(255 I~), h x w, base64), the numbers
+as display strings and the gauges in pixels (`gauges`: the score change on a log scale, eps,
+the added channel's map share). In the browser a small inline script maps the controls to r and draws, on
 <canvas> elements, the map bilinearly upsampled (as `lie_cam.gradcam.upsample`: align_corners
 False) in matplotlib's jet colours blended 50 % over the image (a JPEG data: URI), the raw
-h x w map (nearest neighbour) and a colour bar; the numbers table is rewritten at once.
+h x w map (nearest neighbour), a colour bar and the gauges; the numbers table is rewritten at once.
+`SliderBlock.changes` counts, in Python, the steps of a control that change what is drawn: the
+book's chapters assert them and tests/browser/check_book.py sees the same in Chromium.
 """
 
 from __future__ import annotations
