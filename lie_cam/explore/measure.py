@@ -251,6 +251,8 @@ class HonestBase:
     source: torch.Tensor = field(repr=False)
     activations: dict = field(default_factory=dict, repr=False)
     pre: torch.Tensor | None = field(default=None, repr=False)  # the honest last conv's output conv_{1..K}(h)
+    a: torch.Tensor | None = field(default=None, repr=False)    # the honest A = activation(pre)
+    head: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)  # y = head(A)
 
     def explained(self, ranks: tuple[int, ...]) -> tuple[torch.Tensor, GradCAMResult]:
         """The classes of the given ranks among each image's honest scores (rank 0: the top class),
@@ -259,7 +261,11 @@ class HonestBase:
         if key not in self.activations:
             order = self.honest.logits.argsort(dim=1, descending=True)
             classes = order[:, list(ranks)].reshape(-1)
-            self.activations[key] = (classes, gradcam(self.model, self.x.repeat_interleave(len(ranks), 0), classes))
+            if self.a is None or self.head is None:
+                honest = gradcam(self.model, self.x.repeat_interleave(len(ranks), 0), classes)
+            else:  # from A: no second trunk pass
+                honest = head_gradcam(self.head, self.a.repeat_interleave(len(ranks), 0), classes)
+            self.activations[key] = (classes, honest)
         return self.activations[key]
 
 
@@ -348,7 +354,9 @@ def honest_base(model: nn.Module, x: torch.Tensor, precision: str = "float32", s
     with torch.no_grad():
         h = cut.trunk(x)
         pre = cut.pre(h)
-    return HonestBase(honest_model, x, gradcam(honest_model, x), h, precision, stickers, source.clone(), pre=pre)
+        a = cut.activation(pre.clone())  # the ReLU may work in place
+    return HonestBase(honest_model, x, head_gradcam(cut.head, a), h, precision, stickers, source.clone(), pre=pre,
+                      a=a, head=cut.head)
 
 
 def split_params(spec: TechniqueSpec, params: Mapping[str, Any]) -> tuple[str, bool | int, dict[str, Any]]:
@@ -435,6 +443,9 @@ def measure_batch(technique: str, base: HonestBase, ranks: tuple[int, ...] = (0,
     numbers = dict(score_change=score_change(honest.logits, result.logits), alpha_share=alpha_share(result.alpha),
                    map_share=map_share(result.alpha, repeated))
     top_o, top_n = honest.logits.argmax(dim=1), result.logits.argmax(dim=1)
+    if "images" not in base.activations:  # one float32 copy per base, shared by its measurements
+        base.activations["images"] = base.x.detach().float().cpu()
+    images = base.activations["images"]
     out = []
     for norm in norms:
         maps = normalise(result.maps, norm)
@@ -446,7 +457,7 @@ def measure_batch(technique: str, base: HonestBase, ranks: tuple[int, ...] = (0,
             alpha_share=numbers["alpha_share"][i].item(), map_share=numbers["map_share"][i].item(),
             l1=l1[i].item(), class_original=int(top_o[i]), class_manipulated=int(top_n[i]),
             map=maps[i].detach().cpu(), alpha=result.alpha[i].detach().cpu(),
-            image=base.x[i // len(ranks)].detach().float().cpu(), class_explained=int(classes[i]), norm=norm)
+            image=images[i // len(ranks)], class_explained=int(classes[i]), norm=norm)
             for i in range(len(classes))])
     return [out[n][i] for i in range(len(classes)) for n in range(len(norms))]
 

@@ -33,7 +33,7 @@ import itertools
 import json
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -68,6 +68,7 @@ class SliderBlock:
     points: tuple[tuple, ...]                # the values of each control, in `controls` order
     records: list[Measurement]               # row-major over `points` (the last control fastest)
     class_names: Callable[[int], str] | None = None
+    _images: dict = field(default_factory=dict, repr=False, compare=False)
 
     def index(self, **values: Any) -> int:
         """The record number of one value of every control (exact grid values; defaults fill gaps)."""
@@ -88,7 +89,7 @@ class SliderBlock:
 
     def picture(self, m: Measurement) -> tuple:
         """What the page draws for a record: the map in bytes, the image, the gauges in pixels."""
-        return (_map_bytes(m.map), m.image.numpy().tobytes(), *gauges(m))
+        return (_map_bytes(m.map), _image_key(m.image, self._images), *gauges(m))
 
     def changes(self, name: str) -> tuple[int, int, int]:
         """Moving control `name` step by step through its values, the others at their defaults:
@@ -193,6 +194,14 @@ def _jpeg_data_uri(image: torch.Tensor, quality: int = 90) -> str:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _image_key(image: torch.Tensor, known: dict[tuple, bytes]) -> bytes:
+    """The image's bytes, read once per tensor storage (the records of a block share a few images)."""
+    where = (image.data_ptr(), tuple(image.shape), tuple(image.stride()), image.dtype)
+    if where not in known:
+        known[where] = image.numpy().tobytes()
+    return known[where]
 
 
 def _map_bytes(cam: torch.Tensor) -> str:
@@ -321,8 +330,9 @@ def block_html(block: SliderBlock) -> str:
     images: list[str] = []
     image_index: dict[bytes, int] = {}
     records = []
+    known: dict[tuple, bytes] = {}
     for m in block.records:
-        key = m.image.numpy().tobytes()
+        key = _image_key(m.image, known)
         if key not in image_index:
             image_index[key] = len(images)
             images.append(_jpeg_data_uri(m.image))
