@@ -127,6 +127,8 @@ def test_measure_batch_is_measure_per_scene_and_class(model):
     assert batch[2].class_explained == int(order[2])
     with pytest.raises(ValueError, match="ranks must be"):
         measure_batch("T3", base, ranks=())
+    with pytest.raises(ValueError, match="ranks must be below the number of classes"):
+        measure_batch("T3", base, ranks=(0, 99))
     with pytest.raises(ValueError, match="base was computed"):
         measure_batch("T3", base, precision="float32")
 

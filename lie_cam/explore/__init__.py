@@ -10,5 +10,5 @@ from lie_cam.explore.measure import SPECS, Measurement, SliderSpec, TechniqueSpe
 from lie_cam.explore.sliders import SliderBlock, block_html, precompute
 from lie_cam.explore.widgets import Explorer, T1Explorer, T2Explorer, T3Explorer, T4Explorer
 
-__all__ = ["SPECS", "SliderSpec", "TechniqueSpec", "Measurement", "honest_base", "measure", "measure_batch", "SliderBlock",
-           "block_html", "precompute", "Explorer", "T1Explorer", "T2Explorer", "T3Explorer", "T4Explorer"]
+__all__ = ["SPECS", "SliderSpec", "TechniqueSpec", "Measurement", "honest_base", "measure", "measure_batch",
+           "SliderBlock", "block_html", "precompute", "Explorer", "T1Explorer", "T2Explorer", "T3Explorer", "T4Explorer"]

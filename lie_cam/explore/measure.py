@@ -259,6 +259,9 @@ class HonestBase:
         S*R of them (image-major), and the honest Grad-CAM of each."""
         key = ("honest", ranks)
         if key not in self.activations:
+            n_classes = self.honest.logits.shape[1]
+            if max(ranks) >= n_classes:
+                raise ValueError(f"ranks must be below the number of classes, {n_classes}; got {list(ranks)}")
             order = self.honest.logits.argsort(dim=1, descending=True)
             classes = order[:, list(ranks)].reshape(-1)
             if self.a is None or self.head is None:
@@ -386,7 +389,8 @@ def _check_ranks(ranks: Any) -> tuple[int, ...]:
     ranks = tuple(ranks) if isinstance(ranks, (tuple, list)) else ranks
     if (not isinstance(ranks, tuple) or not ranks
             or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranks)):
-        raise ValueError(f"ranks must be a non-empty sequence of class ranks 0, 1, ... (0: the top class), got {ranks!r}")
+        raise ValueError(f"ranks must be a non-empty sequence of class ranks 0, 1, ... (0: the top class), "
+                         f"got {ranks!r}")
     return ranks
 
 

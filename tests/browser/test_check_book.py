@@ -44,7 +44,8 @@ def browser_ready() -> None:
 @pytest.fixture(scope="module")
 def slider_block(small_vgg):
     x, _, _ = synthetic_split("test", 1)
-    return precompute("T4", small_vgg(seed=3), x, points={"eps": (1e-2, 1.0), "c_F": (1e9, 1e11)})
+    return precompute("T4", small_vgg(seed=3), x,
+                      points={"eps": (1e-2, 1.0), "stickers": (False, True), "c_F": (1e9, 1e11)})
 
 
 @pytest.fixture(scope="module")
