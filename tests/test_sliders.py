@@ -69,6 +69,10 @@ def test_html_is_self_contained_and_carries_every_record(block):
     assert "no kernel and no network" in html and "needs a kernel" in html
 
 
+def test_repr_is_one_short_line(block):
+    assert repr(block) == "SliderBlock('T3', 12 records; eps: 2, c_G: 3, precision: 2)"
+
+
 def test_two_blocks_do_not_share_ids(block):
     a, b = block_html(block), block_html(block)
     ids = [re.search(r'id="(lc-[^"]+)"', h).group(1) for h in (a, b)]

@@ -108,6 +108,11 @@ class SliderBlock:
     def html(self) -> str:
         return block_html(self)
 
+    def __repr__(self) -> str:
+        """One line (a notebook stores it beside the HTML: the records' tensors would take megabytes)."""
+        grid = ", ".join(f"{s.name}: {len(p)}" for s, p in zip(self.controls, self.points))
+        return f"SliderBlock({self.technique!r}, {len(self.records)} records; {grid})"
+
     def _repr_html_(self) -> str:
         return self.html()
 
