@@ -7,7 +7,8 @@ import torch
 
 from lie_cam.gradcam import gradcam
 from lie_cam.attacks import constant_flat
-from lie_cam.explore.measure import BaseCache, SPECS, SliderSpec, alpha_share, honest_base, map_share, measure
+from lie_cam.explore.measure import (BaseCache, SPECS, SliderSpec, alpha_share, honest_base, map_share, measure,
+                                    measure_batch, minmax_maps, normalise)
 from lie_cam.explore.widgets import T1Explorer, T2Explorer, T3Explorer, T4Explorer
 
 
@@ -36,10 +37,13 @@ def test_map_share():
 
 def test_specs_are_data():
     assert {t: [s.name for s in spec.sliders] for t, spec in SPECS.items()} == {
-        "T1": ["c_W", "c_A", "precision"], "T2": ["c_I"], "T3": ["eps", "c_G", "precision"], "T4": ["eps", "stickers"]}
+        "T1": ["c_W", "c_A", "precision"], "T2": ["c_I", "c_W"], "T3": ["eps", "c_G", "c_F", "precision"],
+        "T4": ["eps", "stickers", "c_F"]}
     c_W = SPECS["T1"].slider("c_W")
-    assert c_W.log and c_W.values()[0] == pytest.approx(1e-2) and c_W.values()[-1] == pytest.approx(1e4)
-    assert len(c_W.values()) == 25 and c_W.default in c_W.kernel_free_points()
+    assert c_W.log and c_W.values()[0] == pytest.approx(1e-3) and c_W.values()[-1] == pytest.approx(1e4)
+    assert len(c_W.values()) == 29 and c_W.default in c_W.kernel_free_points()
+    stickers = SPECS["T4"].slider("stickers")
+    assert [stickers.format(v) for v in stickers.choices] == ["off", "place 1", "place 2", "place 3"]
     for spec in SPECS.values():
         for s in spec.sliders:
             pts = s.kernel_free_points()
@@ -82,12 +86,51 @@ def test_measure_checks_its_inputs(model, picture):
         measure("T1", model, picture.flip(-1), base=base)
 
 
-@pytest.mark.parametrize("stickers", ["no", "False", 0, 1, None])
+@pytest.mark.parametrize("stickers", ["no", "False", 0, -1, 2.0, None])
 def test_measure_refuses_stickers_that_are_not_a_bool(model, picture, stickers):
-    with pytest.raises(TypeError, match="stickers must be True or False"):
+    with pytest.raises(TypeError, match="stickers must be True or False, or a placement"):
         measure("T4", model, picture, stickers=stickers)
-    with pytest.raises(TypeError, match="stickers must be True or False"):
+    with pytest.raises(TypeError, match="stickers must be True or False, or a placement"):
         honest_base(model, picture, stickers=stickers)
+
+
+def test_sticker_placements(model, picture):
+    """Placement 1 is True (the sticker seed 0); placements 2 and 3 paste the stickers elsewhere."""
+    bases = [honest_base(model, picture, stickers=s) for s in (True, 1, 2, 3)]
+    assert torch.equal(bases[0].x, bases[1].x) and bases[1].stickers is True
+    assert len({b.x.numpy().tobytes() for b in bases[1:]}) == 3
+
+
+def test_minmax_maps_and_norm():
+    maps = torch.tensor([[[2.0, 3.0], [4.0, 6.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    assert minmax_maps(maps)[0].flatten().tolist() == pytest.approx([0.0, 0.25, 0.5, 1.0])
+    assert minmax_maps(maps)[1].abs().max() == 0  # a constant map is 0, never NaN
+    assert torch.equal(minmax_maps(maps + 100.0), minmax_maps(maps))  # a constant added cancels (T1)
+    assert torch.equal(normalise(maps, "max"), maps / maps.amax(dim=(1, 2), keepdim=True))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        normalise(maps, "sum")
+
+
+def test_measure_batch_is_measure_per_scene_and_class(model):
+    from lie_cam.data import synthetic_split
+
+    scenes = synthetic_split("test", 2)[0]
+    base = honest_base(model, scenes, "float64")
+    batch = measure_batch("T3", base, ranks=(0, 2), norms=("max", "min-max"), c_G=1e-2)
+    assert len(batch) == 2 * 2 * 2 and [m.norm for m in batch[:2]] == ["max", "min-max"]
+    for i, (scene, rank, norm) in enumerate([(s, r, n) for s in (0, 1) for r in (0, 2) for n in ("max", "min-max")]):
+        one = measure("T3", model, scenes[scene], precision="float64", c_G=1e-2, rank=rank, norm=norm)
+        assert batch[i].class_explained == one.class_explained and batch[i].norm == norm
+        assert torch.allclose(batch[i].map, one.map, atol=1e-9)
+        assert batch[i].alpha_extra == pytest.approx(one.alpha_extra, rel=1e-9)
+    order = base.honest.logits[0].argsort(descending=True)
+    assert batch[2].class_explained == int(order[2])
+    with pytest.raises(ValueError, match="ranks must be"):
+        measure_batch("T3", base, ranks=())
+    with pytest.raises(ValueError, match="ranks must be below the number of classes"):
+        measure_batch("T3", base, ranks=(0, 99))
+    with pytest.raises(ValueError, match="base was computed"):
+        measure_batch("T3", base, precision="float32")
 
 
 def test_measure_names_a_constant_out_of_range(model, picture):
@@ -108,7 +151,7 @@ def test_measure_on_resnets(picture):
 
     torch.manual_seed(0)
     resnet = resnet18(num_classes=4).eval()
-    m = measure("T3", resnet, picture, precision="float64")
+    m = measure("T3", resnet, picture, precision="float64", c_G=1e4)  # the paper's constants
     assert m.score_change <= 0.01 and m.l1 < 0.05
     resnet.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(512, 4))
     with pytest.raises(TypeError, match="`fc` is of type Sequential, not an nn.Linear") as info:
@@ -178,8 +221,8 @@ def test_t3_shared_activations_equal_a_fresh_build(model, picture, cache):
 
 
 def test_t4_stickers_switch(cache):
-    off = cache.measure("T4", stickers=False)
-    on = cache.measure("T4", stickers=True)
+    off = cache.measure("T4", stickers=False, c_G=1e4)  # the paper's c_G c_F = 1e13
+    on = cache.measure("T4", stickers=True, c_G=1e4)
     # the original network (up to the summation order of the widened FC1 in float32)
     assert off.score_change < 1e-6 and off.map_share == 0 and off.l1 < 1e-4
     assert not torch.equal(off.image, on.image)  # the stickered image is the one explained
@@ -201,7 +244,7 @@ def test_explorers_drive_measure(model, picture):
     records = t3.sweep("eps", [1e-3, 1e-1])
     assert [r.params["eps"] for r in records] == [1e-3, 1e-1]
     assert t3.sliders["eps"].value == pytest.approx(0.01)  # a sweep leaves the controls alone
-    assert set(T2Explorer(model, picture, draw=False).sliders) == {"c_I"}
+    assert set(T2Explorer(model, picture, draw=False).sliders) == {"c_I", "c_W"}
     with pytest.raises(TypeError, match="unknown"):
         T2Explorer(model, picture, draw=False, c_A=3.0)
 
@@ -213,7 +256,7 @@ def test_redraw(model, picture):
     assert len(ax_alpha.patches) == ex.last.alpha.numel()
     before, png_before = ax_alpha.get_title(), ex.image.value
     assert png_before[:8] == b"\x89PNG\r\n\x1a\n"
-    ex.sliders["c_W"].value = 0.01
+    ex.sliders["c_W"].value = 100.0
     assert ax_alpha.get_title() != before and f"{ex.last.alpha_share:.3f}" in ax_alpha.get_title()
     assert ex.image.value != png_before  # the displayed picture was redrawn
     assert f"{ex.last.score_change:.3g}" in ex.readout.value

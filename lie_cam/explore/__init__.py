@@ -6,9 +6,9 @@
     precompute("T1", model, x)          # kernel-free sliders for the book's HTML (`sliders`)
 """
 
-from lie_cam.explore.measure import SPECS, Measurement, SliderSpec, TechniqueSpec, honest_base, measure
+from lie_cam.explore.measure import SPECS, Measurement, SliderSpec, TechniqueSpec, honest_base, measure, measure_batch
 from lie_cam.explore.sliders import SliderBlock, block_html, precompute
 from lie_cam.explore.widgets import Explorer, T1Explorer, T2Explorer, T3Explorer, T4Explorer
 
-__all__ = ["SPECS", "SliderSpec", "TechniqueSpec", "Measurement", "honest_base", "measure", "SliderBlock",
-           "block_html", "precompute", "Explorer", "T1Explorer", "T2Explorer", "T3Explorer", "T4Explorer"]
+__all__ = ["SPECS", "SliderSpec", "TechniqueSpec", "Measurement", "honest_base", "measure", "measure_batch",
+           "SliderBlock", "block_html", "precompute", "Explorer", "T1Explorer", "T2Explorer", "T3Explorer", "T4Explorer"]

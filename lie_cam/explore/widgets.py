@@ -125,7 +125,7 @@ def _new_figure():
 
 
 class T1Explorer(Explorer):
-    """T1: c_W (log, 1e-2 .. 1e4), c_A (1 .. 200), precision. alpha_{K+1} grows linearly in c_W;
+    """T1: c_W (log, 1e-3 .. 1e4), c_A (1 .. 200), precision. alpha_{K+1} grows linearly in c_W;
     c_A scales A^{K+1}, hence the added channel's weight in the map, not alpha. In float32 the
     cancellation b_o - c_A c_W N_Z leaves a score change that grows with c_A c_W."""
 
@@ -133,21 +133,23 @@ class T1Explorer(Explorer):
 
 
 class T2Explorer(Explorer):
-    """T2: c_I (log, 1e-2 .. 1e3), the scale of the injected smiley; c_W = 10 fixed."""
+    """T2: c_I (log, 1e-3 .. 1e3), the scale of the injected smiley, and c_W (log, 1e-3 .. 1e3), the FC
+    weight that sets alpha_{K+1}; the map sees their product."""
 
     technique = "T2"
 
 
 class T3Explorer(Explorer):
-    """T3: eps (log, 1e-4 .. 1), c_G (log, 1e-8 .. 1e8), precision; c_F and the seed fixed.
-    |y_n - y_o| <= eps whatever c_G; alpha_{K+1} = eps c_G. In float32 c_G sum A^{K+1} is a
-    whole number once past 2^24: the mod is 0 and the scores do not change at all."""
+    """T3: eps (log, 1e-4 .. 1), c_G (log, 1e-8 .. 1e8), c_F (log, 1e1 .. 1e9), precision; the seed fixed.
+    |y_n - y_o| <= eps whatever c_G; alpha_{K+1} = eps c_G, and the map sees eps c_G c_F. In float32
+    c_G sum A^{K+1} is a whole number once past 2^24: the mod is 0 and the scores do not change at all."""
 
     technique = "T3"
 
 
 class T4Explorer(Explorer):
-    """T4: eps (log, 1e-4 .. 1) and the stickers on/off (three smileys pasted into the image).
-    Without stickers the explanation is the honest one, exactly; with them it points at them."""
+    """T4: eps (log, 1e-4 .. 1), the stickers (off, or three smileys pasted in one of three placements)
+    and c_F (log, 1e5 .. 1e11); c_G = 1 unless given. Without stickers the explanation is the honest
+    one, exactly; with them it points at them, the more so the larger eps c_G c_F."""
 
     technique = "T4"

@@ -8,10 +8,11 @@ Every page (except the search and index pages) is opened from disk with the netw
 - the text shows a traceback or a raw object repr ("<... object at 0x...>", a widget's "VBox(children=");
 - an element sticks out of the text column (article.bd-article), or a box inside the column needs
   horizontal scrolling (scrollWidth > clientWidth); code *input* cells are exempt unless --strict-code;
-- a kernel-free slider block ([data-lie-cam-slider], from lie_cam.sliders) does not render with the
-  network blocked, or moving one of its controls (keyboard End, then Home, on a range input; a click on
-  each other radio button) does not change what the page shows (its canvases and its numbers), or no control of
-  the block changes both the map and the numbers;
+- a kernel-free slider block ([data-lie-cam-slider], from lie_cam.explore.sliders) does not render with
+  the network blocked, or one of its controls, moved through all its values from the defaults (Home, then
+  ArrowRight step by step on a range input; each radio button clicked in turn), changes the picture (its
+  canvases: the overlay, the raw map, the gauges) at no step ("changed nothing": not even the numbers;
+  "changed only the numbers"); the report's "sliders" notes count the steps that changed each;
 - the page asks for any network resource other than those matching --allow-external (default: the
   MathJax CDN, which only typesets equations; offline they show as TeX).
 With --mathjax DIR (npm's mathjax@3 package folder, fetched by tests/browser/install.sh into
@@ -91,7 +92,7 @@ return {column: [Math.round(c.left), Math.round(c.right)], problems: out.slice(0
 
 _SNAPSHOT_JS = r"""
 const root = arguments[0];
-const canv = [...root.querySelectorAll('canvas.lc-overlay, canvas.lc-raw')].map(c => c.toDataURL());
+const canv = [...root.querySelectorAll('canvas.lc-overlay, canvas.lc-raw, canvas.lc-gauge')].map(c => c.toDataURL());
 const nums = [...root.querySelectorAll('[data-number]')].map(td => td.textContent).join('|');
 return {canvases: canv, numbers: nums, record: root.getAttribute('data-record')};
 """
@@ -176,9 +177,60 @@ def _restore(browser, els, initial) -> None:
             _move(browser, e, None)
 
 
-def check_sliders(browser, page: str, shots: Path | None, width: int) -> tuple[list[str], list[dict]]:
-    from selenium.webdriver.common.by import By
+def _control_names(browser, block) -> list[str]:
+    return browser.execute_script("return JSON.parse(arguments[0].querySelector('script.lc-data').textContent)"
+                                  ".controls.map(c => c.name)", block) or []
+
+
+def _walk(browser, block, els) -> list[dict]:
+    """Every position of one control in order (a range: Home, then ArrowRight step by step; radio
+    buttons: each clicked in turn), a snapshot of what the block shows at each."""
     from selenium.webdriver.common.keys import Keys
+
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    states = []
+    if els[0].get_attribute("type") == "range":  # focused, not clicked: a click moves the thumb to the pointer
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus()", els[0])
+        for i, key in enumerate([Keys.HOME] + [Keys.ARROW_RIGHT] * (int(els[0].get_attribute("max"))
+                                                                    - int(els[0].get_attribute("min")))):
+            ActionChains(browser).send_keys(key).perform()
+            states.append(browser.execute_script(_SNAPSHOT_JS, block))
+    else:
+        for e in els:
+            _move(browser, e, None)
+            states.append(browser.execute_script(_SNAPSHOT_JS, block))
+    return states
+
+
+def _check_control(browser, block, name: str, label: str, els) -> tuple[list[str], dict]:
+    """Moves one control through its whole range from the defaults and puts it back; a problem when
+    the picture (the overlay, the raw map, the gauges) changes at no step."""
+    initial = [(e.get_attribute("value"), e.is_selected()) for e in els]
+    before = browser.execute_script(_SNAPSHOT_JS, block)
+    states = _walk(browser, block, els)
+    _restore(browser, els, initial)  # the next control is moved from the defaults
+    steps = list(zip(states, states[1:]))
+    picture = sum(a["canvases"] != b["canvases"] for a, b in steps)
+    maps = sum(a["canvases"][:2] != b["canvases"][:2] for a, b in steps)
+    numbers = sum(a["numbers"] != b["numbers"] for a, b in steps)
+    note = {"block": name, "control": label, "steps": len(steps), "picture_steps": picture, "map_steps": maps,
+            "number_steps": numbers, "map_changed": maps > 0 or any(before["canvases"][:2] != s["canvases"][:2]
+                                                                     for s in states),
+            "numbers_changed": numbers > 0 or any(before["numbers"] != s["numbers"] for s in states)}
+    problems = []
+    if picture == 0 and numbers == 0:
+        problems.append(f"{name}: moving control {label} changed nothing on the page")
+    elif picture == 0:
+        problems.append(f"{name}: moving control {label} through its {len(states)} values changed only the "
+                        f"numbers, never the picture")
+    return problems, note
+
+
+def check_sliders(browser, page: str, shots: Path | None, width: int) -> tuple[list[str], list[dict]]:
+    """Every kernel-free slider block of the page: it renders offline, and each of its controls,
+    moved through all its values from the defaults, changes the picture at some step."""
+    from selenium.webdriver.common.by import By
 
     problems, notes = [], []
     blocks = browser.find_elements(By.CSS_SELECTOR, "[data-lie-cam-slider]")
@@ -192,34 +244,17 @@ def check_sliders(browser, page: str, shots: Path | None, width: int) -> tuple[l
             stem = Path(page).stem
             block.screenshot(str(shots / f"{stem}-slider{b + 1}.png"))
             browser.save_screenshot(str(shots / f"{stem}-slider{b + 1}-window{width}.png"))
-        both = False
         groups: dict[str, list] = {}
         for el in block.find_elements(By.CSS_SELECTOR, "input[data-control]"):
             groups.setdefault(el.get_attribute("data-control"), []).append(el)
         if not groups:
             problems.append(f"{name}: no controls")
+        labels = _control_names(browser, block)
         for j, els in groups.items():
-            before = browser.execute_script(_SNAPSHOT_JS, block)
-            initial = [(e.get_attribute("value"), e.is_selected()) for e in els]
-            states = []
-            if els[0].get_attribute("type") == "range":  # to one end, then to the other
-                for keys in (Keys.END, Keys.HOME):
-                    _move(browser, els[0], keys)
-                    states.append(browser.execute_script(_SNAPSHOT_JS, block))
-            else:
-                for e in els:
-                    if not e.is_selected():
-                        _move(browser, e, None)
-                        states.append(browser.execute_script(_SNAPSHOT_JS, block))
-            _restore(browser, els, initial)  # the next control is moved from the defaults
-            map_changed = any(before["canvases"] != s["canvases"] for s in states)
-            numbers_changed = any(before["numbers"] != s["numbers"] for s in states)
-            notes.append({"block": name, "control": j, "map_changed": map_changed, "numbers_changed": numbers_changed})
-            if not (map_changed or numbers_changed):
-                problems.append(f"{name}: moving control {j} changed nothing on the page")
-            both = both or (map_changed and numbers_changed)
-        if groups and not both:
-            problems.append(f"{name}: no control changes both the map and the numbers")
+            label = labels[int(j)] if int(j) < len(labels) else j
+            found, note = _check_control(browser, block, name, label, els)
+            problems += found
+            notes.append(note)
     return problems, notes
 
 
@@ -276,6 +311,12 @@ def check_page(browser, path: Path, root: Path, allow: re.Pattern, strict_code: 
             "allowed_external": [u for u in external if allow.search(u)], "column": layout["column"]}
 
 
+def slider_summary(reports: list[dict]) -> list[str]:
+    """One line per slider control driven: at how many of its steps the picture (and the map) changed."""
+    return [f"{r['page']} {n['block']} {n['control']}: picture changed at {n['picture_steps']} of {n['steps']} steps "
+            f"(the map at {n['map_steps']})" for r in reports for n in r["sliders"] if "steps" in n]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("html", type=Path, help="the built HTML folder (e.g. _build/html)")
@@ -320,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{status:4s} {r['page']}" + (f"  ({len({n['block'] for n in r['sliders']})} sliders)" if r["sliders"] else ""))
         for p in r["problems"]:
             print(f"     - {p}")
+    for line in slider_summary(reports):
+        print(f"     {line}")
     allowed = sorted({u for r in reports for u in r["allowed_external"]})
     if allowed:
         print(f"tolerated network requests (--allow-external): {', '.join(allowed)}")

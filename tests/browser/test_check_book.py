@@ -1,10 +1,11 @@
 """The book checker, on small hand-made pages in headless Chromium: it passes a sound page and fails
 one with a broken image, an overflowing or scrolling table, a traceback, a raw repr, a frozen
-kernel-free slider, or a network request. Chromium, chromedriver and selenium are installed by
+kernel-free slider, a slider whose numbers move but whose picture does not, or a network request. Chromium, chromedriver and selenium are installed by
 tests/browser/install.sh when missing; where that cannot be done the test fails (never skips)."""
 
 import json
 import shutil
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,8 @@ def browser_ready() -> None:
 @pytest.fixture(scope="module")
 def slider_block(small_vgg):
     x, _, _ = synthetic_split("test", 1)
-    return precompute("T4", small_vgg(seed=3), x, points={"eps": (1e-2, 1.0)})
+    return precompute("T4", small_vgg(seed=3), x,
+                      points={"eps": (1e-2, 1.0), "stickers": (False, True), "c_F": (1e9, 1e11)})
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,14 @@ def site(tmp_path_factory, slider_block):
                  f"</table>{slider_block.html()}")
     frozen = slider_block
     frozen = type(frozen)(frozen.technique, frozen.controls, frozen.points, [frozen.records[0]] * len(frozen.records))
+    # issue 22's T4: eps moves the numbers, never the picture (each record drawn as the one at the first
+    # eps, the outermost control), while the stickers still change everything
+    assert slider_block.controls[0].name == "eps"
+    per_eps = len(slider_block.records) // len(slider_block.points[0])
+    still = [replace(r, map=at.map, image=at.image, score_change=at.score_change, map_share=at.map_share,
+                     params={**r.params, "eps": at.params["eps"]})
+             for r, at in zip(slider_block.records, slider_block.records[:per_eps] * len(slider_block.points[0]))]
+    numbers_only = type(frozen)(frozen.technique, frozen.controls, frozen.points, still)
     pages = {
         "good.html": good,
         "broken_image.html": _page('<p>x</p><img src="figures/missing.png" alt="a figure">'),
@@ -61,6 +71,7 @@ def site(tmp_path_factory, slider_block):
         "traceback.html": _page("<pre>Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: no</pre>"),
         "repr.html": _page("<pre>&lt;lie_cam.widgets.T1Explorer object at 0x7f3a2b1c9d90&gt;</pre>"),
         "frozen_slider.html": _page(frozen.html()),
+        "numbers_only_slider.html": _page(numbers_only.html()),
         "network.html": _page('<p>x</p><script src="https://cdn.example.org/embed-amd.js"></script>'),
     }
     root = tmp_path_factory.mktemp("site")
@@ -77,7 +88,7 @@ def _run(folder: Path, tmp_path: Path, *extra: str) -> tuple[int, dict]:
     return done.returncode, {r["page"]: r for r in json.loads(report.read_text())}
 
 
-def test_checker_fails_each_bad_page_and_passes_the_good_one(browser_ready, site, tmp_path):
+def test_checker_fails_each_bad_page_and_passes_the_good_one(browser_ready, site, slider_block, tmp_path):
     code, pages = _run(site, tmp_path, "--screenshots", str(tmp_path / "shots"))
     assert code == 1
     problems = {name: " | ".join(r["problems"]) for name, r in pages.items()}
@@ -88,10 +99,16 @@ def test_checker_fails_each_bad_page_and_passes_the_good_one(browser_ready, site
     assert "traceback" in problems["traceback.html"]
     assert "raw object repr" in problems["repr.html"]
     assert "changed nothing" in problems["frozen_slider.html"]
+    assert "control eps through its 2 values changed only the numbers, never the picture" in \
+        problems["numbers_only_slider.html"]
+    assert "control stickers" not in problems["numbers_only_slider.html"]
     assert "needs a network request: https://cdn.example.org/embed-amd.js" in problems["network.html"]
-    # the good page's slider was really driven: both of its controls changed what is shown
+    # the good page's slider was really driven: each of its controls through every value, as Python predicts
     moves = pages["good.html"]["sliders"]
-    assert len(moves) == 2 and any(m["map_changed"] and m["numbers_changed"] for m in moves)
+    assert [m["control"] for m in moves] == ["eps", "stickers", "c_F"]
+    for m in moves:
+        assert m["steps"] == len(slider_block.points[[s.name for s in slider_block.controls].index(m["control"])]) - 1
+        assert (m["picture_steps"], m["map_steps"]) == slider_block.changes(m["control"])[:2], m
     assert (tmp_path / "shots" / "good-slider1.png").stat().st_size > 1000
 
 
