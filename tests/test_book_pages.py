@@ -4,6 +4,7 @@ figure shown once, a landing page whose tour names every chapter and that says h
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -52,15 +53,27 @@ def test_the_tour_names_every_chapter():
     assert len(chapters) >= 13 and missing == []
 
 
-def test_the_landing_page_says_how_to_cite_the_book():
-    """A BibTeX entry naming the repository of _config.yml and its GitHub Pages site."""
-    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+def _render(text: str, url: str) -> str:
+    """The page's substitutions as MyST renders them (Jinja2, with Sphinx's `env`), for a repository `url`:
+    jupyter-book passes _config.yml's repository.url on as html_theme_options.repository_url."""
+    import jinja2
+
+    env = SimpleNamespace(config=SimpleNamespace(html_theme_options={"repository_url": url}))
+    return jinja2.Environment().from_string(text).render(env=env)
+
+
+@pytest.mark.parametrize("url", [None, "https://github.com/someone/lie_cam-fork"])
+def test_the_landing_page_says_how_to_cite_the_book(url):
+    """A BibTeX entry naming the repository of _config.yml and its GitHub Pages site, from that one
+    setting: a fork's landing page cites the fork."""
+    url = url or yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
     owner, name = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+)", url).groups()
     index = (ROOT / "book" / "index.md").read_text()
-    entry = re.search(r"```bibtex\n(@\w+\{[\w_]+,.*?\n\})\n```", index, re.S)
-    assert entry, "book/index.md has no ```bibtex block"
+    cite = _render(index[index.index("**How to cite it.**"):index.index("```{tableofcontents}")], url)
+    entry = re.search(r"```\{parsed-literal\}\n(@\w+\{[\w_]+,.*?\n\})\n```", cite, re.S)
+    assert entry, "book/index.md has no BibTeX entry in a parsed-literal block"
     bibtex = entry.group(1)
-    for field in ("author", "title", "year"):
+    for field in ("author", "title", "year", "url"):
         assert re.search(rf"^\s+{field}\s*=", bibtex, re.M), field
-    assert url in bibtex and f"https://{owner}.github.io/{name}/" in bibtex
+    assert f'"https://{owner}.github.io/{name}/"' in bibtex and f"Code: {url}" in bibtex
     assert max(len(line) for line in bibtex.splitlines()) <= 78  # fits the text column at 1280 px
