@@ -224,7 +224,7 @@ def _matrix_md_document(matrix: Matrix) -> str:
 _COLOURS = {"fooled": "#d7301f", "partial": "#fdae61", "immune": "#1a9850", "error": "#bdbdbd"}
 
 
-_SHORT = {"pytorch-grad-cam": "pgc"}  # library names shortened in the figure's labels
+_LIBRARY_SHORT = {"pytorch-grad-cam": "pgc"}  # library names shortened in the figure's labels
 
 
 def verdict_figure(matrix: Matrix, normalizations: Sequence[str] = NORMALIZATIONS):
@@ -251,7 +251,7 @@ def verdict_figure(matrix: Matrix, normalizations: Sequence[str] = NORMALIZATION
         ax.imshow(grid.numpy(), cmap=cmap, vmin=-0.5, vmax=len(VERDICTS) - 0.5, aspect="auto")
         ax.set_xticks(range(len(columns)), [f"{a} @{'A' if w == 'explained' else 'ReLU'}" for a, w in columns],
                       rotation=90, fontsize=FONT)
-        ax.set_yticks(range(len(methods)), [f"{_SHORT.get(lib, lib)}: {m}" for lib, m in methods], fontsize=FONT)
+        ax.set_yticks(range(len(methods)), [f"{_LIBRARY_SHORT.get(lib, lib)}: {m}" for lib, m in methods], fontsize=FONT)
         ax.set_title(f"{norm} normalisation", fontsize=FONT)
         ax.set_xticks([i - 0.5 for i in range(1, len(columns))], minor=True)
         ax.set_yticks([i - 0.5 for i in range(1, len(methods))], minor=True)
