@@ -8,9 +8,13 @@ max-normalised and bilinearly upsampled to the image only for display.
 `show(fig, name)` displays a figure as a PNG in a notebook and, where myst_nb is
 installed (the book build), also glues it under `name` for a captioned `{glue:figure}`.
 
-Sizes are chosen for the book's text column: a figure is at most `WIDTH` inches wide, rendered at
-`DPI` (so it is shown at its natural size, not shrunk), with at most `MAX_COLUMNS` panels a row and
-every annotation at `FONT` points, the size of the body text.
+Sizes are chosen for the book's text column on a desktop and on a phone: a figure is at most `WIDTH`
+inches wide, rendered at `DPI`, with at most `MAX_COLUMNS` panels a row and every text (titles, notes,
+tick labels, legends) at `FONT` points. On a 400 px wide page the text column is about 368 px, so a
+WIDTH-wide figure is shown at 368 / (WIDTH * DPI) of its size and FONT points become
+FONT * DPI / 72 * 368 / (WIDTH * DPI), about 9.6 px, over the 9 px the book check asks for.
+`png_bytes` records the smallest font the figure drew (`FONT_KEY`) and the DPI (`DPI_KEY`) in the PNG's
+text chunks, so that the check can compute the smallest text on screen from the width the page shows.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ __all__ = [
     "manipulation_diagram",
     "WIDTH",
     "FONT",
+    "FONT_KEY",
+    "DPI_KEY",
+    "drawn_font_sizes",
     "MAX_COLUMNS",
 ]
 
@@ -54,9 +61,11 @@ __all__ = [
 MapSpec = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 CMAP = "jet"
-WIDTH = 6.8        # inches: the text column (about 690 px at 1280 px) at DPI
+WIDTH = 6.4        # inches: at most the text column (about 690 px at 1280 px, 368 px at 400 px) at DPI
 DPI = 100
-FONT = 12          # points: annotations as large as the body text
+FONT = 12          # points: every text of a figure (9.6 px on screen at 400 px for a WIDTH-wide figure)
+FONT_KEY = "lie_cam:smallest_font_pt"  # PNG text chunk: the smallest font size drawn, in points
+DPI_KEY = "lie_cam:dpi"                # PNG text chunk: pixels per inch of the PNG
 MAX_COLUMNS = 4
 COLORBAR_LABEL = "colorbar"  # the label of a colour bar's axes (see `panel_axes`)
 
@@ -161,7 +170,7 @@ def _colorbar(fig: Figure, axes: Sequence[Axes], label: str = "Grad-CAM / max") 
                        fraction=0.04, pad=0.02, aspect=25)
     bar.ax.set_label(COLORBAR_LABEL)
     bar.set_label(label, fontsize=FONT)
-    bar.ax.tick_params(labelsize=FONT - 1)
+    bar.ax.tick_params(labelsize=FONT)
 
 
 def _unpack(spec: MapSpec, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,13 +333,38 @@ def sweep_grid(
                     spec=spec)
 
 
-def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
-    """The figure rendered to PNG bytes (Agg canvas; no GUI backend involved)."""
+def drawn_font_sizes(fig: Figure) -> list[float]:
+    """The font size in points of every non-empty text the figure draws (titles, labels, tick labels,
+    legends, annotations, mathtext), recorded from the Agg renderer's `draw_text` while the figure is
+    drawn once: what is drawn, not what is set on artists that end up hidden or outside the axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    FigureCanvasAgg(fig)
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    sizes: list[float] = []
+    draw_text = renderer.draw_text
+
+    def spy(gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        if str(s).strip():
+            sizes.append(float(prop.get_size_in_points()))
+        return draw_text(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
+
+    renderer.draw_text = spy
+    try:
+        fig.draw(renderer)
+    finally:
+        del renderer.draw_text
+    return sizes
+
+
+def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure rendered to PNG bytes (Agg canvas; no GUI backend involved), with the smallest font
+    size it draws (`drawn_font_sizes`, in points) under `FONT_KEY` and `dpi` under `DPI_KEY` in the
+    PNG's text chunks: text of s points is s * dpi / 72 pixels of the PNG."""
+    sizes = drawn_font_sizes(fig)
+    metadata = {FONT_KEY: f"{min(sizes):g}" if sizes else "none", DPI_KEY: str(int(dpi))}
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, metadata=metadata)
     return buffer.getvalue()
 
 
@@ -374,9 +408,9 @@ def line_figure(
         ax.set_yscale("log")
     ax.set_xlabel(xlabel, fontsize=FONT)
     ax.set_ylabel(ylabel, fontsize=FONT)
-    ax.tick_params(labelsize=FONT - 1)
+    ax.tick_params(which="both", labelsize=FONT)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=FONT - 1)
+    ax.legend(fontsize=FONT)
     if title:
         ax.set_title(title, fontsize=FONT)
     return fig
@@ -397,8 +431,8 @@ def histogram_figure(values: torch.Tensor | Sequence[float], xlabel: str, title:
     ax.axvline(0.0, color="k", lw=0.8)
     ax.set_xlabel(xlabel, fontsize=FONT)
     ax.set_ylabel("images", fontsize=FONT)
-    ax.tick_params(labelsize=FONT - 1)
-    ax.legend(fontsize=FONT - 1)
+    ax.tick_params(which="both", labelsize=FONT)
+    ax.legend(fontsize=FONT)
     if title:
         ax.set_title(title, fontsize=FONT)
     return fig

@@ -145,7 +145,7 @@ def test_teaser_script_draws_honest_and_lies():
     from lie_cam.plotting import panel_axes
 
     fig = make_teaser.teaser()
-    titles = [ax.get_title() for ax in panel_axes(fig)]
+    titles = [ax.get_title().replace("\n", " ") for ax in panel_axes(fig)]  # wrapped to the panel
     assert titles == ["image", "honest Grad-CAM", "T2: a smiley", "T4: the stickers"]
     notes = [ax.get_xlabel() for ax in panel_axes(fig)]
     assert len(set(n.split()[-1] for n in notes)) == 1  # one class, predicted by all three networks

@@ -1,5 +1,7 @@
 """Figures: axes counts, what each panel shows, and the PNG/glue helpers."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -139,11 +141,15 @@ def test_figures_fit_the_column_and_use_the_body_font():
     figs = [plotting.figure1(x, {"original": cam(1), "T4": (stickered_copy(x), cam(2))}),
             plotting.map_grid([(x, cam(1), long_title)] * 4, notes=["Δy 1e-10, α share 0.99"] * 4),
             plotting.figure3(x, x, {"original": cam(1), "T4": cam(2)}, {"original": cam(3), "T4": cam(4)}),
-            plotting.manipulation_diagram(), plotting.line_figure([1, 2], {"a": [1, 2]}, "x", "y")]
+            plotting.manipulation_diagram(), plotting.line_figure([1, 10, 100], {"a": [1, 2, 3]}, "x", "y"),
+            plotting.histogram_figure([-1.0, 2.0, 3.0], "x", title="t")]
     for fig in figs:
-        assert fig.get_figwidth() <= plotting.WIDTH + 0.85
-        sizes = [t.get_fontsize() for t in all_texts(fig)]
+        # at most WIDTH (colour bar included) and every text drawn, tick labels too, at FONT or more:
+        # FONT * DPI / 72 * 368 / (WIDTH * DPI) >= 9 px on a 400 px page
+        assert fig.get_figwidth() <= plotting.WIDTH + 1e-9
+        sizes = plotting.drawn_font_sizes(fig)
         assert sizes and min(sizes) >= plotting.FONT
+    assert plotting.FONT * 368 / (plotting.WIDTH * 72) >= 9
     title = plotting.panel_axes(figs[1])[0].get_title()
     assert "\n" in title and title.replace("\n", " ") == long_title
 
@@ -186,6 +192,16 @@ def test_png_and_show(monkeypatch):
     fig = plotting.figure1(image(), {"m": cam()})
     png = plotting.png_bytes(fig, dpi=40)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    record = Image.open(io.BytesIO(png)).text  # the smallest text drawn, for the book check
+    assert record[plotting.FONT_KEY] == f"{min(plotting.drawn_font_sizes(fig)):g}" and record[plotting.DPI_KEY] == "40"
+    from matplotlib.figure import Figure
+
+    small = Figure(figsize=(2, 1))
+    small.text(0.1, 0.5, "tiny", fontsize=5)
+    small.text(0.1, 0.2, "", fontsize=2)  # empty: not drawn, not counted
+    assert Image.open(io.BytesIO(plotting.png_bytes(small))).text[plotting.FONT_KEY] == "5"
 
     shown, glued = [], []
     import IPython.display

@@ -28,7 +28,7 @@ from lie_cam.book import setup
 from lie_cam.data import paste_stickers
 from lie_cam.experiments.output import check_output_dir, staged_output
 from lie_cam.metrics import pointing_hits
-from lie_cam.plotting import markdown_table
+from lie_cam.plotting import FONT, WIDTH, markdown_table
 
 __all__ = ["CASES", "ROW_KEYS", "MATRIX_FILES", "Matrix", "run_matrix", "matrix_markdown", "verdict_figure", "run_explainers",
            "write_matrix", "load_matrix"]
@@ -224,19 +224,24 @@ def _matrix_md_document(matrix: Matrix) -> str:
 _COLOURS = {"fooled": "#d7301f", "partial": "#fdae61", "immune": "#1a9850", "error": "#bdbdbd"}
 
 
+_LIBRARY_SHORT = {"pytorch-grad-cam": "pgc"}  # library names shortened in the figure's labels
+
+
 def verdict_figure(matrix: Matrix, normalizations: Sequence[str] = NORMALIZATIONS):
-    """Heat-map of the verdicts: one panel per normalisation, methods down, attack x layer across."""
-    import matplotlib.pyplot as plt
+    """Heat-map of the verdicts: one panel per normalisation, methods down (pytorch-grad-cam as "pgc"),
+    attack x layer across."""
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     rows = matrix.rows
     methods = list(dict.fromkeys((r["library"], r["method"]) for r in rows))
     columns = list(dict.fromkeys((r["attack"], r["layer"]) for r in rows))
     cmap = ListedColormap([_COLOURS[v] for v in VERDICTS])
-    # One panel a row, at the text column's width (6.8 in), so that the labels print at 9 pt.
-    fig, axes = plt.subplots(len(normalizations), 1, figsize=(6.8, (0.19 * len(methods) + 2.0) * len(normalizations)),
-                             squeeze=False)
+    # One panel a row, at most the text column's width, every label at the book's FONT: legible at
+    # 400 px too (lie_cam.plotting's module docstring).
+    fig = Figure(figsize=(WIDTH, (0.22 * len(methods) + 2.4) * len(normalizations) + 0.4), layout="constrained")
+    axes = fig.subplots(len(normalizations), 1, squeeze=False)
     for ax, norm in zip(axes[:, 0], normalizations):
         grid = torch.full((len(methods), len(columns)), float("nan"))
         for r in rows:
@@ -245,16 +250,15 @@ def verdict_figure(matrix: Matrix, normalizations: Sequence[str] = NORMALIZATION
                     VERDICTS.index(r["verdict"])
         ax.imshow(grid.numpy(), cmap=cmap, vmin=-0.5, vmax=len(VERDICTS) - 0.5, aspect="auto")
         ax.set_xticks(range(len(columns)), [f"{a} @{'A' if w == 'explained' else 'ReLU'}" for a, w in columns],
-                      rotation=60, ha="right", fontsize=9)
-        ax.set_yticks(range(len(methods)), [f"{lib}: {m}" for lib, m in methods], fontsize=9)
-        ax.set_title(f"{norm} normalisation", fontsize=11)
+                      rotation=90, fontsize=FONT)
+        ax.set_yticks(range(len(methods)), [f"{_LIBRARY_SHORT.get(lib, lib)}: {m}" for lib, m in methods], fontsize=FONT)
+        ax.set_title(f"{norm} normalisation", fontsize=FONT)
         ax.set_xticks([i - 0.5 for i in range(1, len(columns))], minor=True)
         ax.set_yticks([i - 0.5 for i in range(1, len(methods))], minor=True)
         ax.grid(which="minor", color="white", linewidth=0.6)
         ax.tick_params(which="minor", length=0)
-    fig.legend(handles=[Patch(color=_COLOURS[v], label=v) for v in VERDICTS], loc="lower center", ncol=4,
-               fontsize=10, frameon=False)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.legend(handles=[Patch(color=_COLOURS[v], label=v) for v in VERDICTS], loc="outside lower center", ncol=4,
+               fontsize=FONT, frameon=False)
     return fig
 
 
@@ -299,18 +303,13 @@ def run_explainers(out: str | os.PathLike, limit: int = 32, profile: str = "embe
 def write_matrix(matrix: Matrix, out: str | os.PathLike) -> None:
     """out/matrix.json (the rows), out/explainers.json (settings and error messages), out/matrix.md and
     out/verdicts.png, moved into place together once all are written (`staged_output`)."""
-    import matplotlib.pyplot as plt
-
-    fig = verdict_figure(matrix)
-    try:
-        with staged_output(out, MATRIX_FILES) as stage:
-            (stage / "matrix.json").write_text(json.dumps(matrix.rows, indent=1, allow_nan=False))
-            (stage / "explainers.json").write_text(json.dumps({"settings": matrix.settings, "errors": matrix.errors},
-                                                              indent=1))
-            (stage / "matrix.md").write_text(_matrix_md_document(matrix))
-            fig.savefig(stage / "verdicts.png", dpi=120)
-    finally:
-        plt.close(fig)
+    fig = verdict_figure(matrix)  # a bare Figure (no pyplot): nothing to close
+    with staged_output(out, MATRIX_FILES) as stage:
+        (stage / "matrix.json").write_text(json.dumps(matrix.rows, indent=1, allow_nan=False))
+        (stage / "explainers.json").write_text(json.dumps({"settings": matrix.settings, "errors": matrix.errors},
+                                                          indent=1))
+        (stage / "matrix.md").write_text(_matrix_md_document(matrix))
+        fig.savefig(stage / "verdicts.png", dpi=120)
 
 
 def load_matrix(folder: str | os.PathLike) -> Matrix:

@@ -8,6 +8,14 @@ Every page (except the search and index pages) is opened from disk with the netw
 - the text shows a traceback or a raw object repr ("<... object at 0x...>", a widget's "VBox(children=");
 - an element sticks out of the text column (article.bd-article), or a box inside the column needs
   horizontal scrolling (scrollWidth > clientWidth); code *input* cells are exempt unless --strict-code;
+  on a narrow window (< NARROW px, a phone) printed outputs, code and tables may scroll inside their own
+  box (a 78-character line cannot fit a 368 px column), but the page itself never scrolls sideways;
+- a display equation is wider than what shows it: cut by a box that clips it, or needing sideways
+  scrolling (long equations are split over lines);
+- a figure's smallest text is under MIN_TEXT_PX pixels on screen: the PNG records the smallest font
+  size it drew in points and its DPI (lie_cam.plotting.png_bytes, text chunks FONT_KEY and DPI_KEY), so
+  the text on screen is pt * dpi / 72 * (shown width / natural width); a figure without that record fails;
+- a figure is shown twice on a page (the same image file, e.g. a raw copy above the captioned one);
 - a kernel-free slider block ([data-lie-cam-slider], from lie_cam.explore.sliders) does not render with
   the network blocked, or one of its controls, moved through all its values from the defaults (Home, then
   ArrowRight step by step on a range input; each radio button clicked in turn), changes the picture (its
@@ -18,6 +26,7 @@ Every page (except the search and index pages) is opened from disk with the netw
 With --mathjax DIR (npm's mathjax@3 package folder, fetched by tests/browser/install.sh into
 _build/mathjax) the equations are typeset from that local copy in place of the blocked CDN, so
 that their width is checked too.
+Every check runs at each --width (default: 1280 and 400 px, a desktop and a phone).
 Exit status 1 when anything failed, 2 when the browser cannot be started. Screenshots of the
 slider blocks (and of each slider page's window) go to --screenshots.
 """
@@ -39,9 +48,15 @@ REPR = re.compile(r"<[A-Za-z_][\w.]* object at 0x[0-9a-fA-F]+>|\b(?:VBox|HBox|Bo
                   r"<IPython\.core\.display\.\w+ object>")
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 BLOCKED = ["http://*", "https://*", "ws://*", "wss://*"]
+WIDTHS = (1280, 400)       # px: a desktop and a phone
+NARROW = 600               # px: below it, outputs, code and tables may scroll inside their own box
+MIN_TEXT_PX = 9.0          # px: the smallest figure text on screen
+FONT_KEY, DPI_KEY = "lie_cam:smallest_font_pt", "lie_cam:dpi"  # lie_cam.plotting's PNG text chunks
 
 _OVERFLOW_JS = r"""
 const strictCode = arguments[0];
+const boxesScroll = arguments[1];  // a narrow window: outputs, code and tables scroll in their own box
+const SCROLL_BOX = 'pre, .cell_output, .output, .highlight, .pst-scrollable-table-container, .table-wrapper, table';
 const col = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
 const c = col.getBoundingClientRect();
 const out = [];
@@ -74,6 +89,7 @@ for (const el of col.querySelectorAll('*')) {
   // inline-level boxes (an inline equation's span.math) are checked against the column only: a glyph
   // clipped by a pixel or two inside the line is no overflow of the page
   if (!style.display.startsWith('inline') && clips(el) && el.scrollWidth > el.clientWidth + 2 && r.right <= c.right + 2) {
+    if (el.matches('mjx-container, div.math') || (boxesScroll && el.matches(SCROLL_BOX))) continue;
     out.push({kind: 'scroll', what: describe(el), scroll: el.scrollWidth, box: el.clientWidth});
     continue;
   }
@@ -90,12 +106,122 @@ for (const el of col.querySelectorAll('*')) {
 return {column: [Math.round(c.left), Math.round(c.right)], problems: out.slice(0, 20), count: out.length};
 """
 
+_PAGE_SCROLL_JS = r"""
+const d = document.documentElement;
+return {scroll: Math.max(d.scrollWidth, document.body.scrollWidth), window: d.clientWidth};
+"""
+
+_EQUATIONS_JS = r"""
+// Each display equation: its typeset width against what shows it. Walking up from the equation, a box
+// that clips (overflow hidden or clip) cuts it; a box that scrolls makes the reader scroll sideways.
+const col = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+const out = [];
+for (const eq of col.querySelectorAll('mjx-container[display="true"]')) {
+  const math = eq.querySelector('mjx-math') || eq;
+  const r = math.getBoundingClientRect();
+  if (r.width === 0) continue;
+  const label = (eq.closest('div.math') || eq).querySelector('.eqno');
+  const what = (label ? label.textContent.replace('#', '').trim() + ' ' : '') +
+      Array.from((eq.textContent || '').replace(/\s+/g, ' ').trim()).slice(0, 50).join('');
+  let verdict = null;
+  for (let a = math.parentElement; a && a !== col.parentElement; a = a.parentElement) {
+    const ox = getComputedStyle(a).overflowX;
+    const b = a.getBoundingClientRect();
+    if (ox === 'visible') continue;
+    if (r.right > b.right + 2 || r.left < b.left - 2) {
+      verdict = (ox === 'auto' || ox === 'scroll') ? 'scroll' : 'cut';
+      break;
+    }
+  }
+  if (!verdict && r.right > window.innerWidth + 2) verdict = 'cut';
+  if (verdict) out.push({kind: verdict, what: what, width: Math.round(r.width)});
+}
+return out;
+"""
+
+_FIGURES_JS = r"""
+const col = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+return [...col.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).map(i => ({
+  src: i.currentSrc || i.src, natural: i.naturalWidth, shown: i.getBoundingClientRect().width}));
+"""
+
 _SNAPSHOT_JS = r"""
 const root = arguments[0];
 const canv = [...root.querySelectorAll('canvas.lc-overlay, canvas.lc-raw, canvas.lc-gauge')].map(c => c.toDataURL());
 const nums = [...root.querySelectorAll('[data-number]')].map(td => td.textContent).join('|');
 return {canvases: canv, numbers: nums, record: root.getAttribute('data-record')};
 """
+
+
+def png_text(path: Path) -> dict[str, str]:
+    """The tEXt chunks of a PNG file (keyword -> text), read without decoding the image."""
+    import struct
+
+    data, out, at = path.read_bytes(), {}, 8
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return out
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        if kind == b"tEXt":
+            key, _, text = data[at + 8:at + 8 + length].partition(b"\0")
+            out[key.decode("latin-1")] = text.decode("latin-1")
+        if kind == b"IEND":
+            break
+        at += 12 + length
+    return out
+
+
+def _local_file(src: str) -> Path | None:
+    from urllib.parse import unquote, urlparse
+
+    url = urlparse(src)
+    return Path(unquote(url.path)) if url.scheme == "file" else None
+
+
+def check_figures(browser) -> list[str]:
+    """Each figure (a PNG file in the text column) shown once, its smallest text at least MIN_TEXT_PX
+    pixels on screen: pt * dpi / 72 pixels in the PNG, scaled by the width shown over the natural width."""
+    problems, seen = [], {}
+    for img in browser.execute_script(_FIGURES_JS):
+        path = _local_file(img["src"])
+        if path is None or path.suffix.lower() != ".png" or not path.is_file():
+            continue
+        seen.setdefault(path.read_bytes(), []).append(path.name)
+        record = png_text(path)
+        name = path.name[:24]
+        try:
+            pt, dpi = float(record[FONT_KEY]), float(record[DPI_KEY])
+        except (KeyError, ValueError):
+            problems.append(f"figure without a record of its smallest text (draw it with lie_cam.plotting.png_bytes): {name}")
+            continue
+        px = pt * dpi / 72 * img["shown"] / img["natural"]
+        if px < MIN_TEXT_PX:
+            problems.append(f"figure text {px:.1f} px on screen < {MIN_TEXT_PX:g} px: {name} ({pt:g} pt at {dpi:g} dpi, "
+                            f"{img['natural']} px wide shown at {img['shown']:.0f} px)")
+    problems += [f"figure shown {len(names)} times: {names[0][:24]}" for names in seen.values() if len(names) > 1]
+    return problems
+
+
+def check_layout(browser, width: int, strict_code: bool) -> tuple[list[str], list[int]]:
+    """What sticks out of the text column or scrolls (boxes may scroll on a narrow window), the page's
+    own sideways scroll, display equations cut or scrolling, figure text size and figures shown twice.
+    Returns the problems and the text column's [left, right]."""
+    problems = []
+    layout = browser.execute_script(_OVERFLOW_JS, strict_code, width < NARROW)
+    for o in layout["problems"]:
+        if o["kind"] == "scroll":
+            problems.append(f"wider than its box (needs horizontal scrolling, {o['scroll']} > {o['box']} px): {o['what']}")
+        else:
+            problems.append(f"sticks out of the text column (right edge {o['right']} > {o['column']} px): {o['what']}")
+    if layout["count"] > len(layout["problems"]):
+        problems.append(f"... and {layout['count'] - len(layout['problems'])} more layout problems")
+    page = browser.execute_script(_PAGE_SCROLL_JS)
+    if page["scroll"] > page["window"] + 1:
+        problems.append(f"the page scrolls sideways ({page['scroll']} > {page['window']} px)")
+    for eq in browser.execute_script(_EQUATIONS_JS):
+        how = "cut off" if eq["kind"] == "cut" else "needs sideways scrolling (split it over lines)"
+        problems.append(f"equation {how}, {eq['width']} px wide: {eq['what']}")
+    return problems + check_figures(browser), layout["column"]
 
 
 def find_browser() -> tuple[str, str]:
@@ -295,20 +421,14 @@ def check_page(browser, path: Path, root: Path, allow: re.Pattern, strict_code: 
             problems.append(f"{what} in the page: {m.group(0)[:80]!r}")
     slider_problems, notes = check_sliders(browser, str(path.relative_to(root)), shots, width)
     problems += slider_problems
-    layout = browser.execute_script(_OVERFLOW_JS, strict_code)
-    for o in layout["problems"]:
-        if o["kind"] == "scroll":
-            problems.append(f"wider than its box (needs horizontal scrolling, {o['scroll']} > {o['box']} px): {o['what']}")
-        else:
-            problems.append(f"sticks out of the text column (right edge {o['right']} > {o['column']} px): {o['what']}")
-    if layout["count"] > len(layout["problems"]):
-        problems.append(f"... and {layout['count'] - len(layout['problems'])} more layout problems")
+    layout_problems, column = check_layout(browser, width, strict_code)
+    problems += layout_problems
     external = sorted({u for u in _requests(browser) + browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)")
         if re.match(r"^(https?|wss?)://", u)})
     problems += [f"needs a network request: {u}" for u in external if not allow.search(u)]
-    return {"page": str(path.relative_to(root)), "problems": problems, "sliders": notes, "math": typeset,
-            "allowed_external": [u for u in external if allow.search(u)], "column": layout["column"]}
+    return {"page": str(path.relative_to(root)), "width": width, "problems": problems, "sliders": notes,
+            "math": typeset, "allowed_external": [u for u in external if allow.search(u)], "column": column}
 
 
 def slider_summary(reports: list[dict]) -> list[str]:
@@ -320,7 +440,8 @@ def slider_summary(reports: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("html", type=Path, help="the built HTML folder (e.g. _build/html)")
-    parser.add_argument("--width", type=int, default=1280, help="window width in px (default 1280)")
+    parser.add_argument("--width", type=int, action="append",
+                        help=f"window width in px, repeatable (default: {' and '.join(map(str, WIDTHS))})")
     parser.add_argument("--screenshots", type=Path, help="write screenshots of the slider blocks here")
     parser.add_argument("--json", type=Path, help="write the full report as JSON here")
     parser.add_argument("--allow-external", default=DEFAULT_ALLOW,
@@ -340,25 +461,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.screenshots:
         args.screenshots.mkdir(parents=True, exist_ok=True)
-    try:
-        browser, profile = start_browser(args.width)
-    except Exception as error:  # the browser or selenium is missing, or Chromium did not start
-        print(f"check_book: cannot start headless Chromium: {error}", file=sys.stderr)
-        return 2
     allow = re.compile(args.allow_external)
     reports = []
-    try:
-        for path in found:
-            reports.append(check_page(browser, path, args.html, allow, args.strict_code, args.screenshots, args.width,
-                                      args.mathjax))
-    finally:
-        browser.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+    for width in args.width or WIDTHS:
+        try:
+            browser, profile = start_browser(width)
+        except Exception as error:  # the browser or selenium is missing, or Chromium did not start
+            print(f"check_book: cannot start headless Chromium: {error}", file=sys.stderr)
+            return 2
+        try:
+            for path in found:
+                reports.append(check_page(browser, path, args.html, allow, args.strict_code, args.screenshots, width,
+                                          args.mathjax))
+        finally:
+            browser.quit()
+            shutil.rmtree(profile, ignore_errors=True)
     failed = [r for r in reports if r["problems"]]
     sliders = sum(len({n["block"] for n in r["sliders"]}) for r in reports)
     for r in reports:
         status = "FAIL" if r["problems"] else "ok"
-        print(f"{status:4s} {r['page']}" + (f"  ({len({n['block'] for n in r['sliders']})} sliders)" if r["sliders"] else ""))
+        print(f"{status:4s} {r['width']:4d} px {r['page']}"
+              + (f"  ({len({n['block'] for n in r['sliders']})} sliders)" if r["sliders"] else ""))
         for p in r["problems"]:
             print(f"     - {p}")
     for line in slider_summary(reports):
@@ -366,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     allowed = sorted({u for r in reports for u in r["allowed_external"]})
     if allowed:
         print(f"tolerated network requests (--allow-external): {', '.join(allowed)}")
-    print(f"{len(reports)} pages, {sliders} kernel-free sliders checked: {len(failed)} pages with problems")
+    print(f"{len(found)} pages at {len(args.width or WIDTHS)} widths, {sliders} kernel-free sliders checked: "
+          f"{len(failed)} page views with problems")
     if args.json:
         args.json.write_text(json.dumps(reports, indent=1))
     return 1 if failed else 0

@@ -1,6 +1,9 @@
 """The book checker, on small hand-made pages in headless Chromium: it passes a sound page and fails
 one with a broken image, an overflowing or scrolling table, a traceback, a raw repr, a frozen
-kernel-free slider, a slider whose numbers move but whose picture does not, or a network request. Chromium, chromedriver and selenium are installed by
+kernel-free slider, a slider whose numbers move but whose picture does not, or a network request; and, at
+400 px, a page that scrolls sideways, an equation cut off or scrolling, a figure whose text is too small on
+screen or has no record of it, a figure shown twice (while outputs and tables may scroll inside their own
+box there, not at 1280 px). Chromium, chromedriver and selenium are installed by
 tests/browser/install.sh when missing; where that cannot be done the test fails (never skips)."""
 
 import json
@@ -81,6 +84,8 @@ def site(tmp_path_factory, slider_block):
 
 
 def _run(folder: Path, tmp_path: Path, *extra: str) -> tuple[int, dict]:
+    """The checker's exit status and its report per page, at the one width given (default 1280 px)."""
+    extra = extra if "--width" in extra else (*extra, "--width", "1280")
     report = tmp_path / f"{folder.name}.json"
     done = subprocess.run([sys.executable, str(CHECKER), str(folder), "--json", str(report), *extra],
                           capture_output=True, text=True, timeout=600)
@@ -169,3 +174,101 @@ def test_the_page_draws_what_python_computes(browser_ready, site, slider_block):
     centres = raw.reshape(size, size, 4)[cell // 2::cell, cell // 2::cell, :3].double()
     assert torch.equal(centres, lut[q.long()])
     assert numbers[0] == f"{record.score_change:.2g}" and numbers[4] == f"{record.l1:.3g}"
+
+
+# --- the page layout on a phone (400 px) ---------------------------------------------------------------
+
+def _narrow_page(body: str) -> str:
+    """A page whose text column follows the window, as the book's theme does."""
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
+            f'<title>t</title></head><body style="margin:0"><article class="bd-article" style="box-sizing:border-box;'
+            f'width:100%;padding:0 10px">{body}</article></body></html>')
+
+
+def _equation(box_style: str, width: int) -> str:
+    """A display equation as MathJax's CHTML output lays it out: a block container in a div.math."""
+    return (f'<div class="math" style="{box_style}"><span class="eqno">(1.1)</span><mjx-container jax="CHTML" '
+            f'display="true" style="display:block"><mjx-math style="display:inline-block;width:{width}px">x = y'
+            f'</mjx-math></mjx-container></div>')
+
+
+def _figure_png(font_pt: float, record: bool = True) -> bytes:
+    """A 6.4 in wide figure with one text of `font_pt` points, as lie_cam.plotting saves it (with the record
+    of its smallest text), or saved by plain matplotlib (without it)."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    from lie_cam.plotting import png_bytes
+
+    fig = Figure(figsize=(6.4, 2.0))
+    fig.text(0.5, 0.5, "a label", fontsize=font_pt)
+    if record:
+        return png_bytes(fig, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def phone_site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phone")
+    (root / "fig").mkdir()
+    for name, data in {"good": _figure_png(12), "other": _figure_png(14), "small": _figure_png(5),
+                       "bare": _figure_png(12, record=False)}.items():
+        (root / "fig" / f"{name}.png").write_bytes(data)
+    img = '<figure style="margin:0"><img src="fig/{}.png" style="max-width:100%"><figcaption>Fig.</figcaption></figure>'
+    wide_row = "".join(f"<td>column_{i}_value</td>" for i in range(20))
+    pages = {
+        "good.html": _narrow_page(
+            "<h1>A chapter</h1><p>Text.</p>" + img.format("good") + img.format("other")
+            + f'<div class="pst-scrollable-table-container" style="overflow-x:auto"><table><tr>{wide_row}</tr></table></div>'
+            + '<div class="cell_output"><pre style="overflow-x:auto">' + "x" * 200 + "</pre></div>"
+            + _equation("overflow-x:auto", 300)),
+        "page_scroll.html": _narrow_page('<div style="width:700px">a banner wider than the phone</div>'),
+        "cut_equation.html": _narrow_page(_equation("overflow:hidden", 600)),
+        "scroll_equation.html": _narrow_page(_equation("overflow-x:auto", 600)),
+        "small_text.html": _narrow_page(img.format("small")),
+        "no_record.html": _narrow_page(img.format("bare")),
+        "twice.html": _narrow_page('<img src="fig/good.png" style="max-width:100%">' + img.format("good")),
+    }
+    for name, text in pages.items():
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def test_checker_fails_each_bad_phone_page_and_passes_the_good_one(browser_ready, phone_site, tmp_path):
+    """At 400 px and at 1280 px in one run. On a phone the good page's table and 200-character output line
+    scroll inside their own boxes; at 1280 px, where the column holds about 78 characters, the output's
+    scroll bar is a problem."""
+    report = tmp_path / "phone.json"
+    done = subprocess.run([sys.executable, str(CHECKER), str(phone_site), "--json", str(report)],  # default widths
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr
+    views = {(r["page"], r["width"]): " | ".join(r["problems"]) for r in json.loads(report.read_text())}
+    problems = {page: text for (page, width), text in views.items() if width == 400}
+    assert problems["good.html"] == "", problems["good.html"]
+    assert "the page scrolls sideways" in problems["page_scroll.html"]
+    assert "equation cut off, 600 px wide: (1.1)" in problems["cut_equation.html"]
+    assert "equation needs sideways scrolling" in problems["scroll_equation.html"]
+    assert "figure text 4.1 px on screen < 9 px: small.png (5 pt at 100 dpi, 640 px wide shown at 380 px)" \
+        in problems["small_text.html"]
+    assert "figure without a record of its smallest text" in problems["no_record.html"]
+    assert problems["twice.html"] == "figure shown 2 times: good.png"  # at 12 pt, 9.9 px: legible
+    wide = views["good.html", 1280]
+    assert "needs horizontal scrolling" in wide and "pre" in wide
+    assert "figure" not in wide and "equation" not in wide
+
+
+def test_png_text_reads_the_record_of_lie_cam_plotting(tmp_path):
+    sys.path.insert(0, str(HERE))
+    import check_book
+
+    from lie_cam.plotting import DPI_KEY, FONT_KEY
+
+    assert (check_book.FONT_KEY, check_book.DPI_KEY) == (FONT_KEY, DPI_KEY)
+    (tmp_path / "a.png").write_bytes(_figure_png(11))
+    (tmp_path / "b.png").write_bytes(_figure_png(11, record=False))
+    assert {k: v for k, v in check_book.png_text(tmp_path / "a.png").items() if k.startswith("lie_cam")} == \
+        {FONT_KEY: "11", DPI_KEY: "100"}
+    assert FONT_KEY not in check_book.png_text(tmp_path / "b.png")
