@@ -55,6 +55,7 @@ __all__ = [
     "auroc",
     "tpr_at_fpr",
     "occlusion_map",
+    "randomised_logits",
 ]
 
 
@@ -166,9 +167,11 @@ def magnitude_score(model: ModelLike) -> float:
 # ---------------------------------------------------------------------------
 
 
-def _activations(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _activations(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None) -> torch.Tensor:
+    """A, the output of `layer` (default `target_layer(model)`), on x."""
     store: dict = {}
-    handle = target_layer(model).register_forward_hook(lambda m, i, o: store.__setitem__("A", o.detach().clone()))
+    layer = target_layer(model) if layer is None else layer
+    handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("A", o.detach().clone()))
     try:
         with torch.no_grad():
             model(x)
@@ -185,12 +188,12 @@ def _check_clean(x: torch.Tensor) -> None:
         raise ValueError("clean images must be finite: x holds NaN or infinite values")
 
 
-def activation_score(model: ModelLike, x: torch.Tensor) -> float:
+def activation_score(model: ModelLike, x: torch.Tensor, layer: nn.Module | None = None) -> float:
     """(c) log10 max_k P_k / median_k P_k with P_k = max over the clean images x and positions of A^k
-    (median over channels that fire at all)."""
+    (median over channels that fire at all); A the output of `layer` (default `target_layer(model)`)."""
     _check_clean(x)
     model = _finite_model(model).eval()
-    a = _activations(model, x).double()
+    a = _activations(model, x, layer).double()
     peaks = a.amax(dim=(0, 2, 3))
     alive = peaks[peaks > 0]
     if alive.numel() == 0:
@@ -198,11 +201,11 @@ def activation_score(model: ModelLike, x: torch.Tensor) -> float:
     return math.log10(float(alive.max() / alive.median()))
 
 
-def alpha_dominance(model: ModelLike, x: torch.Tensor) -> float:
+def alpha_dominance(model: ModelLike, x: torch.Tensor, layer: nn.Module | None = None) -> float:
     """(d) mean over clean images of max_k |alpha_k| / sum_k |alpha_k| (1/K for equal alphas, 1 when
-    one channel carries all of Grad-CAM's weight)."""
+    one channel carries all of Grad-CAM's weight); Grad-CAM at `layer` (default `target_layer(model)`)."""
     _check_clean(x)
-    alpha = gradcam(_finite_model(model).eval(), x).alpha.double().abs()
+    alpha = gradcam(_finite_model(model).eval(), x, layer=layer).alpha.double().abs()
     return float((alpha.amax(1) / alpha.sum(1).clamp_min(1e-300)).mean())
 
 
@@ -219,13 +222,38 @@ def _last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def _raw_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum_k alpha_k A^k before the ReLU, classes)."""
-    result = gradcam(model, x, target=target)
-    return torch.einsum("bk,bkhw->bhw", result.alpha.double(), _activations(model, x).double()), result.classes
+def _raw_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None,
+             layer: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_k alpha_k A^k before the ReLU, classes), A the output of `layer` (default `target_layer(model)`)."""
+    result = gradcam(model, x, target=target, layer=layer)
+    return torch.einsum("bk,bkhw->bhw", result.alpha.double(), _activations(model, x, layer).double()), result.classes
 
 
-def randomization_score(model: ModelLike, x: torch.Tensor, seed: int = 0) -> float:
+def _same_module(model: nn.Module, copied: nn.Module, layer: nn.Module | None) -> nn.Module | None:
+    """The module of `copied` (a deep copy of `model`) at the place of `layer` in `model` (None: None)."""
+    if layer is None:
+        return None
+    for module, twin in zip(model.modules(), copied.modules()):
+        if module is layer:
+            return twin
+    raise ValueError(f"layer ({type(layer).__name__}) is not a module of the model")
+
+
+def randomised_logits(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of `model` whose last nn.Linear (the logits layer) is re-initialised with PyTorch's default
+    uniform init U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from `seed`; `model` is not modified."""
+    randomized = copy.deepcopy(model)
+    logits = _last_linear(randomized)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bound = 1 / math.sqrt(logits.in_features)
+        logits.weight.copy_((torch.rand(logits.weight.shape, generator=generator) * 2 - 1) * bound)
+        if logits.bias is not None:
+            logits.bias.copy_((torch.rand(logits.bias.shape, generator=generator) * 2 - 1) * bound)
+    return randomized
+
+
+def randomization_score(model: ModelLike, x: torch.Tensor, seed: int = 0, layer: nn.Module | None = None) -> float:
     """(e) Adebayo's model-parameter randomisation test, first step of the cascade: mean absolute cosine
     similarity between the pre-ReLU Grad-CAM maps sum_k alpha_k A^k of the model and of a copy whose logits
     layer is re-initialised (seeded, PyTorch's default uniform init). Absolute, as Adebayo et al.'s absolute
@@ -235,16 +263,9 @@ def randomization_score(model: ModelLike, x: torch.Tensor, seed: int = 0) -> flo
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     model = _finite_model(model).eval()
-    randomized = copy.deepcopy(model)
-    layer = _last_linear(randomized)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        bound = 1 / math.sqrt(layer.in_features)
-        layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound)
-        if layer.bias is not None:
-            layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * bound)
-    honest, classes = _raw_cam(model, x)
-    random, _ = _raw_cam(randomized, x, classes)
+    randomized = randomised_logits(model, seed)
+    honest, classes = _raw_cam(model, x, layer=layer)
+    random, _ = _raw_cam(randomized, x, classes, _same_module(model, randomized, layer))
     return float(_cosine(honest, random).abs().mean())
 
 
@@ -314,14 +335,14 @@ def occlusion_map(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, grid
     return drops.view(x.shape[0], grid, grid)
 
 
-def occlusion_disagreement(model: ModelLike, x: torch.Tensor, grid: int = 4) -> float:
+def occlusion_disagreement(model: ModelLike, x: torch.Tensor, grid: int = 4, layer: nn.Module | None = None) -> float:
     """(g) mean over clean images and grid cells of |I~_cam - I~_occ|: Grad-CAM average-pooled to the
     occlusion grid and ReLU(occlusion drop), each divided by its maximum (what a user sees; a correlation
     would ignore T1's flat offset and see only the honest residue under it)."""
     _check_clean(x)
     grid = _count("grid", grid, min(x.shape[-2:]))
     model = _finite_model(model).eval()
-    result = gradcam(model, x)
+    result = gradcam(model, x, layer=layer)
     cam = normalize_maps(F.adaptive_avg_pool2d(result.maps[:, None].double(), grid)[:, 0])
     occ = normalize_maps(occlusion_map(model, x, result.classes, grid).clamp_min(0))
     return float((cam - occ).abs().mean())
