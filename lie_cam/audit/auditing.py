@@ -205,10 +205,8 @@ def _randomised_map(model: nn.Module, layer: nn.Module, x: torch.Tensor, classes
     same classes: what the randomisation test compares."""
     from lie_cam.audit.detectors import randomised_logits
 
-    name = _layer_name(model, layer)
-    twin = randomised_logits(model, seed=0)
-    result = gradcam(twin, x, target=classes, layer=twin.get_submodule(name) if name != "(root)" else twin)
-    return result.normalized.double()
+    with randomised_logits(model, seed=0):
+        return gradcam(model, x, target=classes, layer=layer).normalized.double()
 
 
 def summary_lines(result: AuditResult) -> list[str]:

@@ -25,12 +25,12 @@ Model files load with safetensors or `torch.load(weights_only=True)` only (`lie_
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -229,28 +229,24 @@ def _raw_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
     return torch.einsum("bk,bkhw->bhw", result.alpha.double(), _activations(model, x, layer).double()), result.classes
 
 
-def _same_module(model: nn.Module, copied: nn.Module, layer: nn.Module | None) -> nn.Module | None:
-    """The module of `copied` (a deep copy of `model`) at the place of `layer` in `model` (None: None)."""
-    if layer is None:
-        return None
-    for module, twin in zip(model.modules(), copied.modules()):
-        if module is layer:
-            return twin
-    raise ValueError(f"layer ({type(layer).__name__}) is not a module of the model")
-
-
-def randomised_logits(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of `model` whose last nn.Linear (the logits layer) is re-initialised with PyTorch's default
-    uniform init U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from `seed`; `model` is not modified."""
-    randomized = copy.deepcopy(model)
-    logits = _last_linear(randomized)
+@contextlib.contextmanager
+def randomised_logits(model: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
+    """Within the block, `model`'s last nn.Linear (the logits layer) computes with weights re-initialised by
+    PyTorch's default uniform init U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from `seed`: a forward hook
+    replaces its output by F.linear(input, W', b'), so nothing is copied and no parameter of `model`
+    changes (the hook is removed on leaving). Yields the model."""
+    logits = _last_linear(model)
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        bound = 1 / math.sqrt(logits.in_features)
-        logits.weight.copy_((torch.rand(logits.weight.shape, generator=generator) * 2 - 1) * bound)
-        if logits.bias is not None:
-            logits.bias.copy_((torch.rand(logits.bias.shape, generator=generator) * 2 - 1) * bound)
-    return randomized
+    bound = 1 / math.sqrt(logits.in_features)
+    # drawn in float32 in this order (weight, then bias), as the study's copies were
+    weight = ((torch.rand(logits.weight.shape, generator=generator) * 2 - 1) * bound).to(logits.weight)
+    bias = (((torch.rand(logits.bias.shape, generator=generator) * 2 - 1) * bound).to(logits.bias)
+            if logits.bias is not None else None)
+    handle = logits.register_forward_hook(lambda m, inputs, output: F.linear(inputs[0], weight, bias))
+    try:
+        yield model
+    finally:
+        handle.remove()
 
 
 def randomization_score(model: ModelLike, x: torch.Tensor, seed: int = 0, layer: nn.Module | None = None) -> float:
@@ -263,9 +259,9 @@ def randomization_score(model: ModelLike, x: torch.Tensor, seed: int = 0, layer:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     model = _finite_model(model).eval()
-    randomized = randomised_logits(model, seed)
     honest, classes = _raw_cam(model, x, layer=layer)
-    random, _ = _raw_cam(randomized, x, classes, _same_module(model, randomized, layer))
+    with randomised_logits(model, seed):
+        random, _ = _raw_cam(model, x, classes, layer)
     return float(_cosine(honest, random).abs().mean())
 
 

@@ -1,0 +1,208 @@
+"""`python -m lie_cam audit MODEL`: exit 0 on clean compact models, 1 on manipulated ones, 2 with one line
+for everything it cannot audit; the report's files moved in together; the self-relative checks."""
+
+import json
+import pickle
+import sys
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import lie_cam.experiments.audit
+from lie_cam import data as synth
+from lie_cam.attacks import ATTACKS, channel_hijack
+from lie_cam.audit import calibration
+from lie_cam.audit.auditing import audit, default_images
+from lie_cam.cli import main
+from lie_cam.models import load_embedded, load_embedded_resnet
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_embedded()
+
+
+@pytest.fixture(scope="module")
+def two_images(embedded):
+    pixels, _ = default_images(embedded, n=2)
+    return pixels
+
+
+def save(model, path):
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+def run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def refused(argv, capsys) -> str:
+    code, _, err = run(argv, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, (code, err)
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------
+
+
+def test_clean_embedded_vgg_file_passes_and_the_report_is_written(embedded, tmp_path, capsys):
+    code, out, _ = run(["audit", save(embedded, tmp_path / "m.safetensors"), "--out", str(tmp_path / "a"),
+                        "--no-progress"], capsys)
+    assert code == 0, out
+    assert "no evidence of manipulation" in out
+    report = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert report["exit_code"] == 0 and report["flagged"] == []
+    assert "default: 4 embedded synthetic scenes" in report["images"]
+    assert "Randomisation test" in (tmp_path / "a" / "report.md").read_text()
+    assert "<table>" in (tmp_path / "a" / "report.html").read_text()
+    assert len(report["map_methods"]) >= 3
+
+
+def test_hijacked_file_is_flagged_without_the_architecture_check(embedded, two_images, tmp_path, capsys):
+    x, y, _ = synth.synthetic_split("val", 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hijacked = channel_hijack(embedded, x, labels=y)
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for i, p in enumerate(two_images):
+        Image.fromarray((p.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(images / f"{i}.png")
+    code, out, _ = run(["audit", save(hijacked, tmp_path / "h.safetensors"), "--images", str(images),
+                        "--no-architecture", "--out", str(tmp_path / "a"), "--no-progress"], capsys)
+    assert code == 1, out
+    report = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert "architecture" not in [c["key"] for c in report["checks"]]
+    assert {"weights", "alpha", "randomisation"} <= set(report["flagged"])
+    assert report["images"].startswith("2 image(s)")
+
+
+def test_compact_resnet_file_with_arch(tmp_path, capsys):
+    path = save(load_embedded_resnet(), tmp_path / "r.safetensors")
+    code, out, _ = run(["audit", path, "--arch", "resnet", "--out", str(tmp_path / "a"), "--no-progress"], capsys)
+    assert code == 0, out
+
+
+def test_a_model_in_parts_by_module_function(tmp_path, capsys, monkeypatch):
+    (tmp_path / "i20a_parts.py").write_text(
+        "from lie_cam.models import load_embedded\nfrom lie_cam.attacks import ATTACKS\n"
+        "def clean():\n    return load_embedded()\n"
+        "def t1():\n    return ATTACKS['T1'].build(load_embedded())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert run(["audit", "i20a_parts:clean", "--out", str(tmp_path / "a"), "--no-progress"], capsys)[0] == 0
+    assert run(["audit", "i20a_parts:t1", "--out", str(tmp_path / "b"), "--no-progress"], capsys)[0] == 1
+    sys.modules.pop("i20a_parts", None)
+
+
+# ---------------------------------------------------------------------------
+# Exit code 2: one line each
+# ---------------------------------------------------------------------------
+
+
+class Payload:
+    """Loading it needs pickle to run code."""
+
+
+@pytest.mark.parametrize("name", ["m.pt", "m.pth", "m.pkl", "m.safetensors"])
+def test_pickles_are_refused(name, tmp_path, capsys):
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps(Payload()))
+    assert "pickle" in refused(["audit", str(path), "--out", str(tmp_path / "a")], capsys)
+    assert not (tmp_path / "a").exists()
+
+
+def test_truncated_file(embedded, tmp_path, capsys):
+    path = tmp_path / "m.safetensors"
+    save(embedded, path)
+    path.write_bytes(path.read_bytes()[:5000])
+    assert "truncated" in refused(["audit", str(path), "--out", str(tmp_path / "a")], capsys)
+
+
+def test_wrong_shapes_for_the_architecture(embedded, tmp_path, capsys):
+    line = refused(["audit", save(embedded, tmp_path / "m.safetensors"), "--arch", "vgg16", "--out",
+                    str(tmp_path / "a")], capsys)
+    assert "does not fit --arch vgg16" in line
+
+
+def test_unknown_architecture(tmp_path, capsys):
+    path = save(load_embedded_resnet(), tmp_path / "r.safetensors")
+    assert "unknown architecture" in refused(["audit", path, "--out", str(tmp_path / "a")], capsys)
+    assert "invalid choice" in refused(["audit", path, "--arch", "lenet", "--out", str(tmp_path / "a")], capsys)
+
+
+def test_missing_file_bad_layer_and_empty_images(embedded, tmp_path, capsys):
+    assert "does not exist" in refused(["audit", str(tmp_path / "no.safetensors")], capsys)
+    path = save(embedded, tmp_path / "m.safetensors")
+    assert "--layer" in refused(["audit", path, "--layer", "nowhere", "--out", str(tmp_path / "a")], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "no image" in refused(["audit", path, "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "a")],
+                                 capsys)
+
+
+def test_an_interrupted_report_leaves_the_folder_as_it_was(embedded, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "audit.json").write_text("old")
+
+    def broken(result):
+        raise RuntimeError("interrupted while drawing")
+
+    monkeypatch.setattr(lie_cam.experiments.audit, "maps_figure", broken)
+    assert "interrupted" in refused(["audit", save(embedded, tmp_path / "m.safetensors"), "--out", str(out),
+                                     "--no-progress"], capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["audit.json"] and (out / "audit.json").read_text() == "old"
+
+
+# ---------------------------------------------------------------------------
+# The checks, through the Python API
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ["T1", "T2", "T3", "T4", "T1-adapted", "T4-adapted"])
+def test_every_paper_and_adapted_attack_is_flagged_without_the_architecture_check(embedded, two_images, attack):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        built = ATTACKS[attack].build(embedded)
+    result = audit(built, two_images, "two scenes", architecture=False, maps=False)
+    assert result.exit_code == 1, [c.as_dict() for c in result.checks]
+
+
+def test_the_architecture_check_sees_the_added_modules(embedded, two_images):
+    built = ATTACKS["T1"].build(embedded)
+    assert calibration.architecture_check(built).flagged
+    assert not calibration.architecture_check(embedded).flagged
+
+
+def test_the_gradient_check_catches_made_up_gradients_and_not_float32_noise(embedded, two_images):
+    x = (two_images - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert not calibration.gradient_check(embedded, x).flagged
+    assert calibration.gradient_check(ATTACKS["T3"].build(embedded), x).flagged
+
+
+def test_weights_are_judged_against_the_model_own_layers(embedded):
+    assert not calibration.weights_check(embedded).flagged
+    scaled = load_embedded()
+    with torch.no_grad():  # every layer 1000x: the same model to a self-relative check
+        for p in scaled.parameters():
+            p.mul_(1000)
+    assert abs(calibration.weights_check(scaled).score - calibration.weights_check(embedded).score) < 1e-6
+    with torch.no_grad():  # one planted weight, 1e4 x the layer's rms
+        w = scaled.classifier[0].weight
+        w[0, 0] = 1e4 * w.pow(2).mean().sqrt()
+    assert calibration.weights_check(scaled).flagged
+
+
+def test_a_named_layer_is_used(embedded, two_images):
+    result = audit(embedded, two_images, layer="features.29", maps=False)
+    assert result.layer == "features.29" and result.exit_code == 0
+    with pytest.raises(ValueError, match="--layer"):
+        audit(embedded, two_images, layer="features.99", maps=False)
