@@ -211,7 +211,7 @@ def _randomised_map(model: nn.Module, layer: nn.Module, x: torch.Tensor, classes
 
 def summary_lines(result: AuditResult) -> list[str]:
     """The one-screen summary: verdict, then one line per check (score against threshold)."""
-    lines = [f"audit of {result.model}: {result.verdict}", f"images: {result.images}; layer: {result.layer}"]
+    lines = [f"audit of {result.model}: {result.verdict}", f"images: {result.images}", f"layer: {result.layer}"]
     for c in result.checks:
         score = "n/a" if c.score is None else f"{c.score:.4g}"
         mark = "FLAG" if c.flagged else ("skip" if not c.ran else " ok ")

@@ -51,23 +51,35 @@ def _roc_points(clean: list[float], attacked: list[float]) -> tuple[list[float],
 
 
 def roc_figure(scores: Scores, detectors: tuple[Detector, ...] = DETECTORS):
-    """One panel per attack, one ROC curve per detector (clean zoo vs attacked zoo)."""
+    """One panel per attack, one ROC curve per detector (clean zoo vs attacked zoo), in a grid of two
+    columns 6 in wide (a narrow page column: 400 px shows it at 2/3 size, its 10-11 pt text at >= 9 px),
+    the legend in the panel left over (or below)."""
     from matplotlib.figure import Figure
 
     attacks = [a for a in STUDIED if a in scores]
-    fig = Figure(figsize=(3.2 * len(attacks), 4.0), layout="constrained")
-    axes = fig.subplots(1, len(attacks), sharey=True)
+    rows = (len(attacks) + 2) // 2  # one spare cell for the legend when the count is odd
+    fig = Figure(figsize=(6.0, 2.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, 2, sharex=True, sharey=True, squeeze=False).flatten()
     clean = scores["clean"]
     for ax, attack in zip(axes, attacks):
         for d in detectors:
             fpr, tpr = _roc_points([v[d.key] for v in clean.values()], [v[d.key] for v in scores[attack].values()])
             ax.step(fpr, tpr, where="post", label=f"({d.key}) {d.name}")
         ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
-        ax.set_title(attack)
-        ax.set_xlabel("false positive rate")
-    axes[0].set_ylabel("true positive rate")
+        ax.set_title(attack, fontsize=11)
+        ax.tick_params(labelsize=10)
+    for ax in axes[len(attacks) - 2:len(attacks)]:
+        ax.set_xlabel("false positive rate", fontsize=10)
+        ax.tick_params(labelbottom=True)
+    for ax in axes[:len(attacks):2]:
+        ax.set_ylabel("true positive rate", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8)
+    for ax in axes[len(attacks):]:
+        ax.axis("off")
+    if len(axes) > len(attacks):
+        axes[-1].legend(handles, labels, loc="center", fontsize=10, frameon=False)
+    else:
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=10)
     return fig
 
 
