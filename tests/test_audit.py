@@ -206,3 +206,17 @@ def test_a_named_layer_is_used(embedded, two_images):
     assert result.layer == "features.29" and result.exit_code == 0
     with pytest.raises(ValueError, match="--layer"):
         audit(embedded, two_images, layer="features.99", maps=False)
+
+
+def test_the_detection_study_runs_the_audit_checks(embedded, two_images):
+    from lie_cam.audit.auditing import run_checks
+    from lie_cam.experiments.detection import audit_rows
+
+    x = (two_images - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    verdicts = {}
+    for kind, model in (("clean", embedded), ("T1", ATTACKS["T1"].build(embedded))):
+        results = run_checks(model, x)
+        verdicts[kind] = {"embedded": {"flagged": [c.key for c in results if c.flagged]}}
+    rows = {r["models"]: r for r in audit_rows(verdicts)}
+    assert rows["clean"]["flagged"] == 0 and rows["T1"]["flagged"] == 1
+    assert rows["T1"]["flagged without architecture"] == 1

@@ -29,7 +29,7 @@ from lie_cam.audit.calibration import CHECKS, CheckResult
 from lie_cam.gradcam import gradcam, non_finite_weights, target_layer
 
 __all__ = ["AuditResult", "audit", "default_images", "folder_images", "layer_by_name", "MAP_METHODS",
-           "IMAGE_SUFFIXES", "DEFAULT_IMAGES", "summary_lines"]
+           "IMAGE_SUFFIXES", "DEFAULT_IMAGES", "summary_lines", "run_checks"]
 
 DEFAULT_IMAGES = 4  # the embedded scenes an audit without --images uses
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -167,6 +167,23 @@ def _check_model(model: nn.Module) -> None:
         raise ValueError(f"the model's weights are not finite ({', '.join(bad[:3])}): it cannot be audited")
 
 
+def run_checks(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None, architecture: bool = True,
+               log: Callable[[str], None] | None = None) -> list[CheckResult]:
+    """Every check of `CHECKS` (the architecture check only when `architecture`) on `model` with the
+    normalised images x, Grad-CAM at `layer` (default `target_layer(model)`): what `audit` and the
+    detection study (`python -m lie_cam detect`) both run."""
+    layer = target_layer(model) if layer is None else layer
+    checks = [c for c in CHECKS if architecture or c.key != "architecture"]
+    results = []
+    for i, check in enumerate(checks, 1):
+        t = time.time()
+        results.append(check.function(model, x, layer))
+        if log is not None:
+            log(f"[{i}/{len(checks)}] {check.name}: {'FLAGGED' if results[-1].flagged else 'ok'} "
+                f"({time.time() - t:.1f}s)")
+    return results
+
+
 def audit(model: nn.Module, pixels: torch.Tensor | None = None, images: str | None = None,
           layer: nn.Module | str | None = None, architecture: bool = True, maps: bool = True,
           name: str = "model", progress: Callable[[str], None] | None = None) -> AuditResult:
@@ -184,12 +201,7 @@ def audit(model: nn.Module, pixels: torch.Tensor | None = None, images: str | No
                          f"{tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__}")
     layer = layer_by_name(model, layer) if isinstance(layer, str) else (target_layer(model) if layer is None else layer)
     x = _normalise(model, pixels.float())
-    checks = [c for c in CHECKS if architecture or c.key != "architecture"]
-    results = []
-    for i, check in enumerate(checks, 1):
-        t = time.time()
-        results.append(check.function(model, x, layer))
-        log(f"[{i}/{len(checks)}] {check.name}: {'FLAGGED' if results[-1].flagged else 'ok'} ({time.time() - t:.1f}s)")
+    results = run_checks(model, x, layer, architecture, log)
     with torch.no_grad():
         classes = model(x).argmax(1)
     drawn = {}
