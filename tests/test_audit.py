@@ -220,3 +220,22 @@ def test_the_detection_study_runs_the_audit_checks(embedded, two_images):
     rows = {r["models"]: r for r in audit_rows(verdicts)}
     assert rows["clean"]["flagged"] == 0 and rows["T1"]["flagged"] == 1
     assert rows["T1"]["flagged without architecture"] == 1
+
+
+class Normalise(torch.nn.Module):
+    """(p - mean) / std with ImageNet's statistics: the graph's own normalisation, read into its input spec."""
+
+    def forward(self, p):
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        return (p - mean) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def test_an_onnx_file_is_audited(embedded, tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(torch.nn.Sequential(Normalise(), embedded), (torch.rand(1, 3, 224, 224),), str(path), dynamo=False, input_names=["input"],
+                          output_names=["output"])
+    code, out, _ = run(["audit", str(path), "--out", str(tmp_path / "a"), "--no-progress"], capsys)
+    assert code == 0, out
+    assert "(onnx)" in json.loads((tmp_path / "a" / "audit.json").read_text())["model"]

@@ -14,8 +14,8 @@ with an invariance every faithful explanation has:
                    every other ReLU of the trunk; score = r_A - max_{L != A} r_L. Threshold ACTIVATION_DECADES.
     alpha          mean over images of max_k |alpha_k| / sum_k |alpha_k|, Grad-CAM's weights of the
                    model's own K channels. Threshold ALPHA_SHARE.
-    randomisation  mean |cos| of the pre-ReLU maps of the model and of a copy with a re-initialised
-                   logits layer (Adebayo et al. 2018). Threshold RANDOMISATION_COSINE.
+    randomisation  mean |cos| of the pre-ReLU maps of the model and of the model with a re-initialised
+                   logits layer (Adebayo et al. 2018). Threshold RANDOMISATION_COSINE (unchanged to 1e-6).
     gradient       median |g.v - FD_h| / max(|g.v|, |FD_h|) (v = g / |g|) against the model's own
                    float32 noise, the disagreement |FD_h - FD_{h/2}| / |FD_h| of two finite differences.
                    Flags when above GRADIENT_GAP and GRADIENT_NOISE_FACTOR times the noise.
@@ -57,10 +57,13 @@ ACTIVATION_DECADES = 1.0
 # channel. Honest networks spread alpha over many channels (measured: 0.03-0.2); the attacks put one
 # channel's weight above 0.9. The bound needs no reference set: it is the majority of the weight.
 ALPHA_SHARE = 0.5
-# The map of a re-initialised logits layer is the same map (|cos| > 0.99 on average over the images):
-# the explanation does not depend on the weights it explains (Adebayo et al. 2018's sanity check;
-# the manipulated maps stay at 1.000, the honest ones move: measured 0.6-0.95).
-RANDOMISATION_COSINE = 0.99
+# The map of a re-initialised logits layer is the same map to float precision (1 - |cos| < 1e-6 on
+# average over the images): the explanation does not depend on the weights it explains (Adebayo et al.
+# 2018's sanity check). The planted maps (T1-T3, the hijack, T1-adapted) stay identical up to rounding
+# (measured 1 - |cos| <= 4e-8), while an honest map moves, if only a little: 1 - |cos| = 0.05-0.4 on the
+# compact models, 2.6e-3 for the compact VGG fed un-normalised pixels (its maps then barely depend on
+# the classes). An invariance, not a distance from a reference set.
+RANDOMISATION_COSINE = 1 - 1e-6
 # Autograd and the finite difference disagree by more than 10% of the derivative, and by more than ten
 # times the disagreement of two finite differences (h, h/2) of the same model, which measures the
 # model's float32 noise (it grows with depth and width) and its kinks; a gradient made up by autograd
@@ -244,7 +247,7 @@ def alpha_check(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = Non
 def randomisation_check(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None) -> CheckResult:
     """Mean |cos| of the maps before and after re-initialising the logits layer (`RANDOMISATION_COSINE`)."""
     cosine = detectors.randomization_score(model, x, seed=0, layer=layer)
-    evidence = (f"re-initialising the logits layer leaves the map at |cos| = {cosine:.4f} to the original "
+    evidence = (f"re-initialising the logits layer leaves the map at 1 - |cos| = {1 - cosine:.2g} from the original "
                 f"({'unchanged' if cosine > RANDOMISATION_COSINE else 'it changes, as a faithful map must'})")
     return CheckResult("randomisation", "randomisation test", cosine, RANDOMISATION_COSINE,
                        cosine > RANDOMISATION_COSINE, evidence)
