@@ -127,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         attacked = [r for r in rows if r["kind"] == "attacked"]
         out.update(rows=rows, false_alarms=sum(r["exit_code"] for r in clean_rows), n_clean=len(clean_rows),
                    detections=sum(r["exit_code"] for r in attacked), n_attacked=len(attacked),
+                   detections_without_architecture=sum(bool(set(r["flagged"]) - {"architecture"}) for r in attacked),
                    not_applicable=sum(r["kind"] == "n/a" for r in rows))
         print(f"false alarms: {out['false_alarms']} of {out['n_clean']} clean models; detections: "
-              f"{out['detections']} of {out['n_attacked']} attacked models; {out['not_applicable']} not applicable")
+              f"{out['detections']} of {out['n_attacked']} attacked models "
+              f"({out['detections_without_architecture']} without the architecture check); "
+              f"{out['not_applicable']} not applicable")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
