@@ -34,9 +34,10 @@ __all__ = ["AuditResult", "audit", "default_images", "folder_images", "layer_by_
 DEFAULT_IMAGES = 4  # the embedded scenes an audit without --images uses
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # The CAM methods the report shows side by side: lie_cam's Grad-CAM, two gradient methods and a
-# gradient-free one of pytorch-grad-cam, captum's Grad-CAM (lie_cam.audit.explainers' registry).
+# gradient-free one of pytorch-grad-cam (lie_cam.audit.explainers' registry; captum's LayerGradCam
+# would repeat Grad-CAM at the cost of another backward pass).
 MAP_METHODS = (("lie_cam", "gradcam"), ("pytorch-grad-cam", "GradCAMPlusPlus"), ("pytorch-grad-cam", "LayerCAM"),
-               ("pytorch-grad-cam", "EigenCAM"), ("captum", "LayerGradCam"))
+               ("pytorch-grad-cam", "EigenCAM"))
 
 
 @dataclass
