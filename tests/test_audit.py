@@ -103,8 +103,13 @@ def test_a_model_in_parts_by_module_function(tmp_path, capsys, monkeypatch, few_
     (tmp_path / "i20a_parts.py").write_text(
         "from lie_cam.models import load_embedded\nfrom lie_cam.attacks import ATTACKS\n"
         "def clean():\n    return load_embedded()\n"
-        "def t1():\n    return ATTACKS['T1'].build(load_embedded())\n")
+        "def t1():\n    return ATTACKS['T1'].build(load_embedded())\n"
+        "def broken():\n    return 1 / 0\n"
+        "def number():\n    return 3\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    assert "broken() failed: ZeroDivisionError" in refused(["audit", "i20a_parts:broken"], capsys)
+    assert "returned a int" in refused(["audit", "i20a_parts:number"], capsys)
+    assert "no function" in refused(["audit", "i20a_parts:nothing"], capsys)
     assert run(["audit", "i20a_parts:clean", "--out", str(tmp_path / "a"), "--no-progress"], capsys)[0] == 0
     assert run(["audit", "i20a_parts:t1", "--out", str(tmp_path / "b"), "--no-progress"], capsys)[0] == 1
     sys.modules.pop("i20a_parts", None)

@@ -99,12 +99,15 @@ def _load_parts(spec: str) -> tuple[nn.Module, str]:
     module_name, function_name = spec.split(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
+    except Exception as error:  # ImportError, or whatever the module raises on import
         raise ValueError(f"MODEL {spec}: cannot import module {module_name} ({error})") from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ValueError(f"MODEL {spec}: {module_name} has no function {function_name}")
-    model = function()
+    try:
+        model = function()
+    except Exception as error:  # the user's own code: whatever it raises becomes the one line
+        raise ValueError(f"MODEL {spec}: {function_name}() failed: {type(error).__name__}: {error}") from error
     if not isinstance(model, nn.Module):
         raise TypeError(f"MODEL {spec}: {function_name}() returned a {type(model).__name__}, expected an nn.Module "
                         "(e.g. lie_cam.models.from_parts(features, head, preprocess))")
