@@ -251,3 +251,34 @@ def test_an_onnx_file_is_audited(embedded, tmp_path, capsys, few_maps):
     code, out, _ = run(["audit", str(path), "--out", str(tmp_path / "a"), "--no-progress"], capsys)
     assert code == 0, out
     assert "(onnx)" in json.loads((tmp_path / "a" / "audit.json").read_text())["model"]
+
+
+# ---------------------------------------------------------------------------
+# Chapter 11's page: each captioned figure once, the ROC figure legible at 400 px
+# ---------------------------------------------------------------------------
+
+
+def test_chapter_11_glues_its_figures_without_a_raw_copy():
+    """`show(fig, name)` glues the figure for its {glue:figure} and displays it too: the cell's own output must
+    be removed (tag remove-output), or the page shows an uncaptioned copy above the captioned figure."""
+    import re
+    from pathlib import Path
+
+    cells = json.loads((Path(__file__).parent.parent / "book" / "11_catching.ipynb").read_text())["cells"]
+    glued = [c for c in cells if c["cell_type"] == "code" and re.search(r'show\([^\n]*,\s*"[\w-]+"\)', "".join(c["source"]))]
+    assert len(glued) == 2
+    assert all("remove-output" in c["metadata"].get("tags", []) for c in glued)
+
+
+def test_the_roc_figure_fits_a_narrow_column():
+    from matplotlib.text import Text
+
+    from lie_cam.experiments.detection import STUDIED, roc_figure
+    from lie_cam.resources import data_file
+
+    fig = roc_figure(json.loads(data_file("detectors.json").read_text())["scores"])
+    assert fig.get_size_inches()[0] <= 6.4
+    fig.canvas.draw() if hasattr(fig.canvas, "draw") else None
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_text() and t.get_visible()]
+    assert sizes and min(sizes) >= 9.5
+    assert len([a for a in fig.axes if a.get_title() in STUDIED]) == len(STUDIED)
