@@ -68,7 +68,10 @@ def test_clean_embedded_vgg_file_passes_and_the_report_is_written(embedded, tmp_
     report = json.loads((tmp_path / "a" / "audit.json").read_text())
     assert report["exit_code"] == 0 and report["flagged"] == []
     assert "default: 4 embedded synthetic scenes" in report["images"]
-    assert "Randomisation test" in (tmp_path / "a" / "report.md").read_text()
+    markdown = (tmp_path / "a" / "report.md").read_text()
+    assert "Randomisation test" in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| alpha dominance")]
+    assert len(table) == 1 and table[0].replace("\\|", "").count("|") == 6  # five cells, pipes escaped
     assert "<table>" in (tmp_path / "a" / "report.html").read_text()
     assert len(report["map_methods"]) == len(lie_cam.audit.auditing.MAP_METHODS) + 1  # + the randomised model
 

@@ -78,7 +78,8 @@ def audit_markdown(result: AuditResult) -> str:
         "## Checks",
         "Each check judges the model against itself (its own layers, channels, noise) or against an invariance "
         "every faithful explanation has; the limits and their reasons are in `lie_cam.audit.calibration`.",
-        markdown_table(_check_rows(result), ["check", "verdict", "score", "limit", "evidence"]),
+        markdown_table([{**r, "evidence": r["evidence"].replace("|", "\\|")} for r in _check_rows(result)],
+                       ["check", "verdict", "score", "limit", "evidence"]),
         "## Maps",
         f"The same images under several CAM methods ({methods}), and in the last column Grad-CAM of the model "
         "with its logits layer re-initialised. A manipulated model shows the same (flat, planted or "
