@@ -228,7 +228,8 @@ def summary_lines(result: AuditResult) -> list[str]:
     for c in result.checks:
         score = "n/a" if c.score is None else f"{c.score:.4g}"
         mark = "FLAG" if c.flagged else ("skip" if not c.ran else " ok ")
-        lines.append(f"  [{mark}] {c.name:<31} {score:>9} (limit {c.threshold:g})")
+        limit = f"(limit {c.threshold:g})" if c.ran else "(not run)"
+        lines.append(f"  [{mark}] {c.name:<31} {score:>9} {limit}")
     lines.append(f"{result.seconds:.0f}s; exit code {result.exit_code}")
     return lines
 
