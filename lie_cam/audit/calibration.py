@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lie_cam.audit import detectors
+from lie_cam.audit.detectors import alpha_dominance, randomization_score
 from lie_cam.gradcam import target_layer
 
 __all__ = ["CheckResult", "Check", "CHECKS", "check_names", "WEIGHT_DECADES", "ACTIVATION_DECADES", "ALPHA_SHARE", "BIAS_DECADES",
@@ -239,14 +239,14 @@ def activations_check(model: nn.Module, x: torch.Tensor, layer: nn.Module | None
 
 def alpha_check(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None) -> CheckResult:
     """Grad-CAM's largest channel weight share (`ALPHA_SHARE`)."""
-    share = detectors.alpha_dominance(model, x, layer=layer)
+    share = alpha_dominance(model, x, layer=layer)
     evidence = f"the largest channel carries {100 * share:.1f}% of Grad-CAM's weight sum_k |alpha_k|"
     return CheckResult("alpha", "alpha dominance", share, ALPHA_SHARE, share > ALPHA_SHARE, evidence)
 
 
 def randomisation_check(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None) -> CheckResult:
     """Mean |cos| of the maps before and after re-initialising the logits layer (`RANDOMISATION_COSINE`)."""
-    cosine = detectors.randomization_score(model, x, seed=0, layer=layer)
+    cosine = randomization_score(model, x, seed=0, layer=layer)
     evidence = (f"re-initialising the logits layer leaves the map at 1 - |cos| = {1 - cosine:.2g} from the original "
                 f"({'unchanged' if cosine > RANDOMISATION_COSINE else 'it changes, as a faithful map must'})")
     return CheckResult("randomisation", "randomisation test", cosine, RANDOMISATION_COSINE,
@@ -290,12 +290,12 @@ def trigger_check(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = N
     Grad-CAM map far more than the prediction, scored against the model's own channels, found without
     knowing the trigger (see that module for the maths and the threshold's justification)."""
     try:
-        from lie_cam.audit import trigger
+        from lie_cam.audit.trigger import THRESHOLD, trigger_search
     except ImportError:
         return CheckResult("trigger", "trigger search", None, 0.0, False,
                            "not run: lie_cam.audit.trigger is not part of this version", ran=False)
-    found = trigger.trigger_search(model, x, layer=layer, seed=0)
-    score, threshold = float(found.score), float(trigger.THRESHOLD)
+    found = trigger_search(model, x, layer=layer, seed=0)
+    score, threshold = float(found.score), float(THRESHOLD)
     details = {name: _plain(getattr(found, name, None)) for name in
                ("channel", "cell", "map_change", "prediction_change", "location", "patch_gain", "image")}
     evidence = (f"the strongest stimulus of A (channel {details['channel']}) moves the map by "
