@@ -285,3 +285,31 @@ def test_the_roc_figure_fits_a_narrow_column():
     sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_text() and t.get_visible()]
     assert sizes and min(sizes) >= 9.5
     assert len([a for a in fig.axes if a.get_title() in STUDIED]) == len(STUDIED)
+
+
+class Custom(torch.nn.Module):
+    """A CNN of no known family: no `features`, no `layer4`; Grad-CAM's layer has to be named."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(4),
+                                        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU())
+        self.out = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4))
+
+    def forward(self, x):
+        return self.out(self.body(x))
+
+
+def test_every_data_detector_and_the_audit_take_a_named_layer():
+    from lie_cam.audit import detectors
+
+    model, x = Custom().eval(), torch.randn(2, 3, 32, 32)
+    layer = model.body[4]
+    with pytest.raises(TypeError, match="layer"):
+        detectors.alpha_dominance(model, x)
+    for detector in (detectors.activation_score, detectors.alpha_dominance, detectors.randomization_score,
+                     detectors.occlusion_disagreement):
+        assert torch.isfinite(torch.tensor(detector(model, x, layer=layer)))
+    result = audit(model, torch.rand(2, 3, 32, 32), "two random images", layer="body.4", maps=False)
+    assert result.layer == "body.4" and all(c.ran or c.key == "trigger" for c in result.checks)
