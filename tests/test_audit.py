@@ -113,6 +113,7 @@ def test_a_model_in_parts_by_module_function(tmp_path, capsys, monkeypatch, few_
     assert "broken() failed: ZeroDivisionError" in refused(["audit", "i20a_parts:broken"], capsys)
     assert "returned a int" in refused(["audit", "i20a_parts:number"], capsys)
     assert "no function" in refused(["audit", "i20a_parts:nothing"], capsys)
+    assert "carries its architecture" in refused(["audit", "i20a_parts:clean", "--arch", "vgg"], capsys)
     assert run(["audit", "i20a_parts:clean", "--out", str(tmp_path / "a"), "--no-progress"], capsys)[0] == 0
     assert run(["audit", "i20a_parts:t1", "--out", str(tmp_path / "b"), "--no-progress"], capsys)[0] == 1
     sys.modules.pop("i20a_parts", None)

@@ -120,6 +120,9 @@ def load_audited(source: str, arch: str | None = None) -> tuple[nn.Module, str]:
     if arch is not None and arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)}")
     kind = describe_source(source)
+    if arch is not None and kind != "safetensors":
+        raise ValueError(f"--arch {arch} describes a safetensors state_dict; MODEL {source} is "
+                         f"{'an ONNX graph' if kind == 'onnx' else 'a model in parts'}, which carries its architecture")
     if kind == "parts":
         model, described = _load_parts(source)
     elif kind == "onnx":
