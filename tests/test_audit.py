@@ -246,15 +246,26 @@ class Normalise(torch.nn.Module):
         return (p - mean) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-def test_an_onnx_file_is_audited(embedded, tmp_path, capsys, few_maps):
+def test_an_onnx_file_is_audited_in_a_fresh_process(embedded, tmp_path):
+    """The command as a user runs it: a process where nothing imported torchvision before pytorch-grad-cam
+    (whose import then fails without lie_cam's shim: the report's third-party maps were left out)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
     path = tmp_path / "m.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-        torch.onnx.export(torch.nn.Sequential(Normalise(), embedded), (torch.rand(1, 3, 224, 224),), str(path), dynamo=False, input_names=["input"],
-                          output_names=["output"])
-    code, out, _ = run(["audit", str(path), "--out", str(tmp_path / "a"), "--no-progress"], capsys)
-    assert code == 0, out
-    assert "(onnx)" in json.loads((tmp_path / "a" / "audit.json").read_text())["model"]
+        torch.onnx.export(torch.nn.Sequential(Normalise(), embedded), (torch.rand(1, 3, 224, 224),), str(path),
+                          dynamo=False, input_names=["input"], output_names=["output"])
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "lie_cam", "audit", str(path), "--out", str(tmp_path / "a"),
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert "(onnx)" in report["model"]
+    assert len(report["map_methods"]) == len(lie_cam.audit.auditing.MAP_METHODS) + 1
 
 
 # ---------------------------------------------------------------------------

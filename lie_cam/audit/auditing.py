@@ -143,7 +143,9 @@ def _cam_maps(model: nn.Module, layer: nn.Module, x: torch.Tensor, classes: torc
     """{method: B x H x W maps in [0, 1]} for `MAP_METHODS`, each on its own copy of the model; a method
     that cannot run on this model is left out (and said so)."""
     from lie_cam.audit.explainers import explainer
+    from lie_cam.compat import import_torchvision
 
+    import_torchvision()  # pytorch-grad-cam imports torchvision, whose CPU wheel needs lie_cam's shim first
     name = _layer_name(model, layer)
     maps = {}
     for library, method in MAP_METHODS:
