@@ -180,9 +180,12 @@ def run_checks(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None
     results = []
     for i, check in enumerate(checks, 1):
         t = time.time()
+        if log is not None and check.needs_images:
+            log(f"[{i}/{len(checks)}] {check.name} ...")
         results.append(check.function(model, x, layer))
         if log is not None:
-            log(f"[{i}/{len(checks)}] {check.name}: {'FLAGGED' if results[-1].flagged else 'ok'} "
+            state = "FLAGGED" if results[-1].flagged else ("ok" if results[-1].ran else "not run")
+            log(f"[{i}/{len(checks)}] {check.name}: {state} "
                 f"({time.time() - t:.1f}s)")
     return results
 
@@ -209,6 +212,7 @@ def audit(model: nn.Module, pixels: torch.Tensor | None = None, images: str | No
         classes = model(x).argmax(1)
     drawn = {}
     if maps:
+        log(f"the report's maps: {len(MAP_METHODS)} CAM methods and the randomised model ...")
         drawn = _cam_maps(model, layer, x, classes, log)
         drawn["randomised logits/gradcam"] = _randomised_map(model, layer, x, classes)
     return AuditResult(name, images or f"{len(pixels)} given image(s)", _layer_name(model, layer), results,
