@@ -3,8 +3,8 @@
 Every detector of `lie_cam.audit.detectors`, and every self-relative check of the audit
 (`lie_cam.audit.auditing.run_checks`, the library behind `python -m lie_cam audit`), scores the clean
 zoo (`lie_cam.experiments.zoo`) and each
-attack of the registry built from every zoo model (`STUDIED`: T1-T4 and the channel hijack, the hijack
-travelling as a plain weights file); AUROC and TPR at 1% FPR per (detector, attack); the hijack's
+attack of the registry built from every zoo model (`STUDIED`: T1-T4, the channel hijack, the hijack
+travelling as a plain weights file, and the adapted attacks); AUROC and TPR at 1% FPR per (detector, attack); the hijack's
 cost on the embedded model; and an adaptive round that moves the hijack's constants towards ordinary
 sizes. Writes DIR/detectors.json, DIR/detectors.md and DIR/roc.png.
 """
@@ -35,8 +35,8 @@ __all__ = ["STUDIED", "DETECTION_FILES", "ADAPTIVE_CONSTANTS", "run_detection", 
            "detectors_markdown", "audit_rows"]
 
 DETECTION_FILES = ("detectors.json", "detectors.md", "roc.png")  # what `run_detection` writes (the zoo: its own)
-# The attacks of the study: the registry's paper and weights-only attacks.
-STUDIED = tuple(name for name, a in ATTACKS.items() if a.family in ("paper", "weights-only"))
+# The attacks of the study: every attack of the registry (paper, weights-only and adapted).
+STUDIED = tuple(ATTACKS)
 # The adaptive round: hijack constants (c_A, c_W) from the paper's (100, 100) towards weights and
 # activations of ordinary size.
 ADAPTIVE_CONSTANTS = ((100.0, 100.0), (100.0, 1.0), (1000.0, 0.1), (1e4, 0.01), (30.0, 0.3), (10.0, 1.0), (10.0, 0.1),
@@ -132,7 +132,7 @@ def detection_rows(scores: Scores) -> list[dict]:
     rows = []
     for d in DETECTORS:
         clean = [v[d.key] for v in scores["clean"].values()]
-        for attack in STUDIED:
+        for attack in [a for a in STUDIED if a in scores]:
             attacked = [v[d.key] for v in scores[attack].values()]
             rows.append({"detector": d.key, "name": d.name, "attack": attack, "auroc": auroc(clean, attacked),
                          "tpr_at_1pct_fpr": tpr_at_fpr(clean, attacked, 0.01), "n_clean": len(clean),
