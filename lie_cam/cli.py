@@ -141,7 +141,7 @@ def _explainers(args: argparse.Namespace) -> int:
 
 
 def _add_detect(commands: argparse._SubParsersAction) -> None:
-    det = commands.add_parser("detect", help="every detector on a zoo of clean models and on T1-T4 and the hijack")
+    det = commands.add_parser("detect", help="every detector and audit check on a zoo of clean models and on every registry attack")
     det.add_argument("--out", required=True, help="output folder")
     det.add_argument("--zoo", default=None, help="zoo folder (built there if missing; default OUT/zoo)")
     det.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
