@@ -14,9 +14,9 @@ the verdicts of the explainer matrix), `adapters` (stock AblationCAM on a manipu
 from lie_cam.audit.adapters import expose_explained_layer
 from lie_cam.audit.auditing import AuditResult, audit, run_checks
 from lie_cam.audit.calibration import CHECKS, Check, CheckResult
-from lie_cam.audit.loading import load_audited
 from lie_cam.audit.detectors import DETECTORS, Detector, auroc, score_all, tpr_at_fpr
 from lie_cam.audit.explainers import EXPLAINERS, Explainer, explain, explainer, verdict
+from lie_cam.audit.loading import load_audited
 
 __all__ = ["DETECTORS", "Detector", "score_all", "auroc", "tpr_at_fpr", "EXPLAINERS", "Explainer", "explainer",
            "explain", "verdict", "expose_explained_layer", "audit", "run_checks", "AuditResult", "CHECKS", "Check",

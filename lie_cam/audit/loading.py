@@ -23,7 +23,13 @@ import torch
 from torch import nn
 
 from lie_cam.compat import import_torchvision
-from lie_cam.models import compact_resnet, load_onnx, read_safetensors, vgg_from_state_dict, vgg_state_dict_problems
+from lie_cam.models import (
+    compact_resnet,
+    load_onnx,
+    read_safetensors,
+    vgg_from_state_dict,
+    vgg_state_dict_problems,
+)
 
 __all__ = ["ARCHITECTURES", "PICKLE_SUFFIXES", "load_audited", "describe_source"]
 

@@ -76,14 +76,14 @@ def audit_markdown(result: AuditResult) -> str:
         f"**Verdict: {result.verdict}** (exit code {result.exit_code}).",
         f"Images: {result.images}. Grad-CAM's layer: `{result.layer}`. {result.seconds:.0f} s.",
         "## Checks",
-        "Each check judges the model against itself (its own layers, channels, noise) or against an invariance "
-        "every faithful explanation has; the limits and their reasons are in `lie_cam.audit.calibration`.",
+        ("Each check judges the model against itself (its own layers, channels, noise) or against an invariance "
+         "every faithful explanation has; the limits and their reasons are in `lie_cam.audit.calibration`."),
         markdown_table([{**r, "evidence": r["evidence"].replace("|", "\\|")} for r in _check_rows(result)],
                        ["check", "verdict", "score", "limit", "evidence"]),
         "## Maps",
-        f"The same images under several CAM methods ({methods}), and in the last column Grad-CAM of the model "
-        "with its logits layer re-initialised. A manipulated model shows the same (flat, planted or "
-        "random) map under every gradient method; the honest maps differ between methods and follow the objects.",
+        (f"The same images under several CAM methods ({methods}), and in the last column Grad-CAM of the model "
+         "with its logits layer re-initialised. A manipulated model shows the same (flat, planted or "
+         "random) map under every gradient method; the honest maps differ between methods and follow the objects."),
         "![maps](maps.png)",
         "## Randomisation test",
         randomisation.evidence if randomisation else "not run.",
