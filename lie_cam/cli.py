@@ -1,4 +1,4 @@
-"""Command line: `python -m lie_cam reproduce | explainers | detect | precision | train ...`.
+"""Command line: `python -m lie_cam reproduce | explainers | detect | audit | precision | train ...`.
 
 Each command is one `_add_<command>(commands)` function that declares its arguments and sets
 `run` to the function doing the work; `COMMANDS` lists them. Everything a command is given is
@@ -141,7 +141,7 @@ def _explainers(args: argparse.Namespace) -> int:
 
 
 def _add_detect(commands: argparse._SubParsersAction) -> None:
-    det = commands.add_parser("detect", help="every detector on a zoo of clean models and on T1-T4 and the hijack")
+    det = commands.add_parser("detect", help="every detector and audit check on a zoo of clean models and on every registry attack")
     det.add_argument("--out", required=True, help="output folder")
     det.add_argument("--zoo", default=None, help="zoo folder (built there if missing; default OUT/zoo)")
     det.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
@@ -202,6 +202,35 @@ def _precision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_audit(commands: argparse._SubParsersAction) -> None:
+    aud = commands.add_parser("audit", help="can this model's Grad-CAM be trusted? every check on one model file "
+                              "(exit 0: no evidence of manipulation, 1: evidence, 2: could not audit)")
+    aud.add_argument("model", metavar="MODEL", help="a .safetensors state_dict (with --arch), an .onnx file, or "
+                     "module:function returning a model (lie_cam.models.from_parts); pickles are refused")
+    # the names of lie_cam.audit.loading.ARCHITECTURES, not imported here: that would load torch before parsing
+    aud.add_argument("--arch", choices=["vgg", "resnet", "vgg16", "resnet50"], default=None,
+                     help="architecture of a safetensors state_dict (default: recognised as a VGG from its keys)")
+    aud.add_argument("--images", default=None, help="folder of images to probe with (default: 4 embedded scenes)")
+    aud.add_argument("--layer", default=None, help="name of the module whose output Grad-CAM explains "
+                     "(default: the last conv layer's ReLU)")
+    aud.add_argument("--no-architecture", action="store_true",
+                     help="skip the architecture check (judge the model from its weights and behaviour only)")
+    aud.add_argument("--no-progress", action="store_true")
+    aud.add_argument("--out", default="audit", help="output folder (default: ./audit)")
+    aud.set_defaults(run=_audit)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from lie_cam.experiments.audit import AUDIT_FILES, run_audit
+    from lie_cam.experiments.output import check_output_dir
+
+    check_output_dir(args.out, AUDIT_FILES)
+    result = run_audit(args.model, args.out, arch=args.arch, images=args.images, layer=args.layer,
+                       architecture=not args.no_architecture, progress=not args.no_progress)
+    print(f"wrote {args.out}/audit.json, report.md, report.html, maps.png")
+    return result.exit_code
+
+
 # ---------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------
@@ -220,7 +249,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_reproduce, _add_explainers, _add_detect, _add_trigger_study, _add_precision, _add_train)
+    _add_reproduce, _add_explainers, _add_detect, _add_audit, _add_trigger_study, _add_precision,
+    _add_train)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,12 +28,12 @@ Model files load with safetensors or `torch.load(weights_only=True)` only (`lie_
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -59,6 +59,7 @@ __all__ = [
     "auroc",
     "tpr_at_fpr",
     "occlusion_map",
+    "randomised_logits",
 ]
 
 
@@ -170,9 +171,11 @@ def magnitude_score(model: ModelLike) -> float:
 # ---------------------------------------------------------------------------
 
 
-def _activations(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _activations(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None) -> torch.Tensor:
+    """A, the output of `layer` (default `target_layer(model)`), on x."""
     store: dict = {}
-    handle = target_layer(model).register_forward_hook(lambda m, i, o: store.__setitem__("A", o.detach().clone()))
+    layer = target_layer(model) if layer is None else layer
+    handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("A", o.detach().clone()))
     try:
         with torch.no_grad():
             model(x)
@@ -189,12 +192,12 @@ def _check_clean(x: torch.Tensor) -> None:
         raise ValueError("clean images must be finite: x holds NaN or infinite values")
 
 
-def activation_score(model: ModelLike, x: torch.Tensor) -> float:
+def activation_score(model: ModelLike, x: torch.Tensor, layer: nn.Module | None = None) -> float:
     """(c) log10 max_k P_k / median_k P_k with P_k = max over the clean images x and positions of A^k
-    (median over channels that fire at all)."""
+    (median over channels that fire at all); A the output of `layer` (default `target_layer(model)`)."""
     _check_clean(x)
     model = _finite_model(model).eval()
-    a = _activations(model, x).double()
+    a = _activations(model, x, layer).double()
     peaks = a.amax(dim=(0, 2, 3))
     alive = peaks[peaks > 0]
     if alive.numel() == 0:
@@ -202,11 +205,11 @@ def activation_score(model: ModelLike, x: torch.Tensor) -> float:
     return math.log10(float(alive.max() / alive.median()))
 
 
-def alpha_dominance(model: ModelLike, x: torch.Tensor) -> float:
+def alpha_dominance(model: ModelLike, x: torch.Tensor, layer: nn.Module | None = None) -> float:
     """(d) mean over clean images of max_k |alpha_k| / sum_k |alpha_k| (1/K for equal alphas, 1 when
-    one channel carries all of Grad-CAM's weight)."""
+    one channel carries all of Grad-CAM's weight); Grad-CAM at `layer` (default `target_layer(model)`)."""
     _check_clean(x)
-    alpha = gradcam(_finite_model(model).eval(), x).alpha.double().abs()
+    alpha = gradcam(_finite_model(model).eval(), x, layer=layer).alpha.double().abs()
     return float((alpha.amax(1) / alpha.sum(1).clamp_min(1e-300)).mean())
 
 
@@ -223,13 +226,34 @@ def _last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def _raw_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum_k alpha_k A^k before the ReLU, classes)."""
-    result = gradcam(model, x, target=target)
-    return torch.einsum("bk,bkhw->bhw", result.alpha.double(), _activations(model, x).double()), result.classes
+def _raw_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None,
+             layer: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_k alpha_k A^k before the ReLU, classes), A the output of `layer` (default `target_layer(model)`)."""
+    result = gradcam(model, x, target=target, layer=layer)
+    return torch.einsum("bk,bkhw->bhw", result.alpha.double(), _activations(model, x, layer).double()), result.classes
 
 
-def randomization_score(model: ModelLike, x: torch.Tensor, seed: int = 0) -> float:
+@contextlib.contextmanager
+def randomised_logits(model: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
+    """Within the block, `model`'s last nn.Linear (the logits layer) computes with weights re-initialised by
+    PyTorch's default uniform init U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from `seed`: a forward hook
+    replaces its output by F.linear(input, W', b'), so nothing is copied and no parameter of `model`
+    changes (the hook is removed on leaving). Yields the model."""
+    logits = _last_linear(model)
+    generator = torch.Generator().manual_seed(seed)
+    bound = 1 / math.sqrt(logits.in_features)
+    # drawn in float32 in this order (weight, then bias), as the study's copies were
+    weight = ((torch.rand(logits.weight.shape, generator=generator) * 2 - 1) * bound).to(logits.weight)
+    bias = (((torch.rand(logits.bias.shape, generator=generator) * 2 - 1) * bound).to(logits.bias)
+            if logits.bias is not None else None)
+    handle = logits.register_forward_hook(lambda m, inputs, output: F.linear(inputs[0], weight, bias))
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+def randomization_score(model: ModelLike, x: torch.Tensor, seed: int = 0, layer: nn.Module | None = None) -> float:
     """(e) Adebayo's model-parameter randomisation test, first step of the cascade: mean absolute cosine
     similarity between the pre-ReLU Grad-CAM maps sum_k alpha_k A^k of the model and of a copy whose logits
     layer is re-initialised (seeded, PyTorch's default uniform init). Absolute, as Adebayo et al.'s absolute
@@ -239,16 +263,9 @@ def randomization_score(model: ModelLike, x: torch.Tensor, seed: int = 0) -> flo
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     model = _finite_model(model).eval()
-    randomized = copy.deepcopy(model)
-    layer = _last_linear(randomized)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        bound = 1 / math.sqrt(layer.in_features)
-        layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound)
-        if layer.bias is not None:
-            layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * bound)
-    honest, classes = _raw_cam(model, x)
-    random, _ = _raw_cam(randomized, x, classes)
+    honest, classes = _raw_cam(model, x, layer=layer)
+    with randomised_logits(model, seed):
+        random, _ = _raw_cam(model, x, classes, layer)
     return float(_cosine(honest, random).abs().mean())
 
 
@@ -318,14 +335,14 @@ def occlusion_map(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, grid
     return drops.view(x.shape[0], grid, grid)
 
 
-def occlusion_disagreement(model: ModelLike, x: torch.Tensor, grid: int = 4) -> float:
+def occlusion_disagreement(model: ModelLike, x: torch.Tensor, grid: int = 4, layer: nn.Module | None = None) -> float:
     """(g) mean over clean images and grid cells of |I~_cam - I~_occ|: Grad-CAM average-pooled to the
     occlusion grid and ReLU(occlusion drop), each divided by its maximum (what a user sees; a correlation
     would ignore T1's flat offset and see only the honest residue under it)."""
     _check_clean(x)
     grid = _count("grid", grid, min(x.shape[-2:]))
     model = _finite_model(model).eval()
-    result = gradcam(model, x)
+    result = gradcam(model, x, layer=layer)
     cam = normalize_maps(F.adaptive_avg_pool2d(result.maps[:, None].double(), grid)[:, 0])
     occ = normalize_maps(occlusion_map(model, x, result.classes, grid).clamp_min(0))
     return float((cam - occ).abs().mean())

@@ -1,8 +1,10 @@
 """The detection study: `python -m lie_cam detect --out DIR`.
 
-Every detector of `lie_cam.audit.detectors` scores the clean zoo (`lie_cam.experiments.zoo`) and each
-attack of the registry built from every zoo model (`STUDIED`: T1-T4 and the channel hijack, the hijack
-travelling as a plain weights file); AUROC and TPR at 1% FPR per (detector, attack); the hijack's
+Every detector of `lie_cam.audit.detectors`, and every self-relative check of the audit
+(`lie_cam.audit.auditing.run_checks`, the library behind `python -m lie_cam audit`), scores the clean
+zoo (`lie_cam.experiments.zoo`) and each
+attack of the registry built from every zoo model (`STUDIED`: T1-T4, the channel hijack, the hijack
+travelling as a plain weights file, and the adapted attacks); AUROC and TPR at 1% FPR per (detector, attack); the hijack's
 cost on the embedded model; and an adaptive round that moves the hijack's constants towards ordinary
 sizes. Writes DIR/detectors.json, DIR/detectors.md and DIR/roc.png.
 """
@@ -21,6 +23,7 @@ from torch import nn
 
 from lie_cam import data as synth
 from lie_cam.attacks import ATTACKS, channel_hijack, hijack_cost, least_important_channel, networks
+from lie_cam.audit.auditing import run_checks
 from lie_cam.audit.detectors import DETECTORS, Detector, auroc, score_all, tpr_at_fpr
 from lie_cam.experiments.output import check_output_dir, staged_output
 from lie_cam.experiments.zoo import build_zoo, load_zoo, zoo_files
@@ -28,17 +31,37 @@ from lie_cam.gradcam import gradcam
 from lie_cam.metrics import l1_distance
 from lie_cam.plotting import markdown_table
 
-__all__ = ["STUDIED", "DETECTION_FILES", "ADAPTIVE_CONSTANTS", "run_detection", "detection_rows", "roc_figure", "detectors_markdown"]
+__all__ = ["STUDIED", "DETECTION_FILES", "ADAPTIVE_CONSTANTS", "run_detection", "detection_rows", "roc_figure",
+           "detectors_markdown", "audit_rows"]
 
 DETECTION_FILES = ("detectors.json", "detectors.md", "roc.png")  # what `run_detection` writes (the zoo: its own)
-# The attacks of the study: the registry's paper and weights-only attacks.
-STUDIED = tuple(name for name, a in ATTACKS.items() if a.family in ("paper", "weights-only"))
+# The attacks of the study: every attack of the registry (paper, weights-only and adapted).
+STUDIED = tuple(ATTACKS)
 # The adaptive round: hijack constants (c_A, c_W) from the paper's (100, 100) towards weights and
 # activations of ordinary size.
 ADAPTIVE_CONSTANTS = ((100.0, 100.0), (100.0, 1.0), (1000.0, 0.1), (1e4, 0.01), (30.0, 0.3), (10.0, 1.0), (10.0, 0.1),
                       (3.0, 0.03))
 
 Scores = dict[str, dict[str, dict[str, float]]]  # clean/attack -> model name -> detector key -> score
+Verdicts = dict[str, dict[str, dict]]  # clean/attack -> model name -> {"flagged": [...], "scores": {check: score}}
+
+
+def _verdict(model: nn.Module | Path, x: torch.Tensor) -> dict:
+    """The audit's self-relative checks (`lie_cam.audit.auditing.run_checks`) on one model of the study."""
+    from lie_cam.models import load_model_file
+
+    results = run_checks(load_model_file(model) if isinstance(model, Path) else model, x)
+    return {"flagged": [c.key for c in results if c.flagged], "scores": {c.key: c.score for c in results}}
+
+
+def audit_rows(verdicts: Verdicts) -> list[dict]:
+    """Per attack (and the clean zoo): how many models the audit flags, with and without the architecture check."""
+    rows = []
+    for kind, models in verdicts.items():
+        flagged = [v["flagged"] for v in models.values()]
+        rows.append({"models": kind, "n": len(flagged), "flagged": sum(bool(f) for f in flagged),
+                     "flagged without architecture": sum(bool(set(f) - {"architecture"}) for f in flagged)})
+    return rows
 
 
 def _roc_points(clean: list[float], attacked: list[float]) -> tuple[list[float], list[float]]:
@@ -51,33 +74,47 @@ def _roc_points(clean: list[float], attacked: list[float]) -> tuple[list[float],
 
 
 def roc_figure(scores: Scores, detectors: tuple[Detector, ...] = DETECTORS):
-    """One panel per attack, one ROC curve per detector (clean zoo vs attacked zoo)."""
+    """One panel per attack, one ROC curve per detector (clean zoo vs attacked zoo), in a grid of two
+    columns 6 in wide (a narrow page column: 400 px shows it at 2/3 size, its 10-11 pt text at >= 9 px),
+    the legend in the panel left over (or below)."""
     from matplotlib.figure import Figure
 
     attacks = [a for a in STUDIED if a in scores]
-    fig = Figure(figsize=(3.2 * len(attacks), 4.0), layout="constrained")
-    axes = fig.subplots(1, len(attacks), sharey=True)
+    rows = (len(attacks) + 2) // 2  # one spare cell for the legend when the count is odd
+    fig = Figure(figsize=(6.0, 2.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, 2, sharex=True, sharey=True, squeeze=False).flatten()
     clean = scores["clean"]
     for ax, attack in zip(axes, attacks):
         for d in detectors:
             fpr, tpr = _roc_points([v[d.key] for v in clean.values()], [v[d.key] for v in scores[attack].values()])
             ax.step(fpr, tpr, where="post", label=f"({d.key}) {d.name}")
         ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
-        ax.set_title(attack)
-        ax.set_xlabel("false positive rate")
-    axes[0].set_ylabel("true positive rate")
+        ax.set_title(attack, fontsize=11)
+        ax.tick_params(labelsize=10)
+    for ax in axes[len(attacks) - 2:len(attacks)]:
+        ax.set_xlabel("false positive rate", fontsize=10)
+        ax.tick_params(labelbottom=True)
+    for ax in axes[:len(attacks):2]:
+        ax.set_ylabel("true positive rate", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8)
+    for ax in axes[len(attacks):]:
+        ax.axis("off")
+    if len(axes) > len(attacks):
+        axes[-1].legend(handles, labels, loc="center", fontsize=10, frameon=False)
+    else:
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=10)
     return fig
 
 
 def _score_zoo(models: dict[str, nn.Module], x: torch.Tensor, x_attack: torch.Tensor, y_attack: torch.Tensor,
-               log: Callable[..., None], started: float) -> Scores:
-    """Every detector on every zoo model and on every studied attack built from it."""
+               log: Callable[..., None], started: float) -> tuple[Scores, Verdicts]:
+    """Every detector and every check of the audit on every zoo model and on every studied attack built from it."""
     scores: Scores = {k: {} for k in ("clean", *STUDIED)}
+    verdicts: Verdicts = {k: {} for k in ("clean", *STUDIED)}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
             scores["clean"][name] = score_all(model, x)
+            verdicts["clean"][name] = _verdict(model, x)
             built: dict[str, object] = networks(model, [a for a in STUDIED if a != "hijack"], build="paper")
             hijacked = channel_hijack(model, x_attack, labels=y_attack, build="paper")
             path = Path(tmp) / f"{name}-hijack.safetensors"  # the hijack travels as a plain weights file
@@ -85,8 +122,9 @@ def _score_zoo(models: dict[str, nn.Module], x: torch.Tensor, x_attack: torch.Te
             built["hijack"] = path
             for attack in STUDIED:
                 scores[attack][name] = score_all(built[attack], x)
+                verdicts[attack][name] = _verdict(built[attack], x)
             log(f"{name}: done ({time.time() - started:.0f}s)")
-    return scores
+    return scores, verdicts
 
 
 def detection_rows(scores: Scores) -> list[dict]:
@@ -94,7 +132,7 @@ def detection_rows(scores: Scores) -> list[dict]:
     rows = []
     for d in DETECTORS:
         clean = [v[d.key] for v in scores["clean"].values()]
-        for attack in STUDIED:
+        for attack in [a for a in STUDIED if a in scores]:
             attacked = [v[d.key] for v in scores[attack].values()]
             rows.append({"detector": d.key, "name": d.name, "attack": attack, "auroc": auroc(clean, attacked),
                          "tpr_at_1pct_fpr": tpr_at_fpr(clean, attacked, 0.01), "n_clean": len(clean),
@@ -150,7 +188,7 @@ def run_detection(out: str | Path, zoo: str | Path | None = None, n_clean: int =
     x, _, _ = synth.synthetic_split("val", n_clean, 5000)  # the defender's few clean images
     x_attack, y_attack, _ = synth.synthetic_split("val", 64)  # the attacker's images (channel choice, means)
     log = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
-    scores = _score_zoo(models, x, x_attack, y_attack, log, started)
+    scores, verdicts = _score_zoo(models, x, x_attack, y_attack, log, started)
     rows = detection_rows(scores)
     embedded = models["embedded"]
     x_test, y_test, _ = synth.synthetic_split("test", test_size)
@@ -161,6 +199,7 @@ def run_detection(out: str | Path, zoo: str | Path | None = None, n_clean: int =
     adaptive = _adaptive_round(embedded, scores, rows, x, x_attack, channel, x_test[:100], y_test[:100], log)
     result_json = {
         "rows": rows, "scores": scores, "hijack_cost": cost, "adaptive": adaptive,
+        "audit": {"rows": audit_rows(verdicts), "verdicts": verdicts},
         "detectors": [{"key": d.key, "name": d.name, "needs_clean_data": d.needs_clean_data, "passes": d.passes,
                        "idea": d.idea} for d in DETECTORS],
         "zoo": list(models), "n_clean_images": n_clean, "test_size": test_size,
@@ -201,6 +240,9 @@ def detectors_markdown(result: dict) -> str:
         f"-> {cost['accuracy_hijacked']:.4f} (change {100 * cost['accuracy_change']:+.2f} pp), score change mean "
         f"{cost['score_change_mean']:.4f} / max {cost['score_change_max']:.4f}, L1 to the flat target mean "
         f"{cost['l1_mean']:.4f} / median {cost['l1_median']:.4f}.",
+        "## The audit's self-relative checks (`python -m lie_cam audit`)",
+        "Models flagged by at least one check of `lie_cam.audit.calibration` (no threshold from this zoo).",
+        markdown_table(result["audit"]["rows"]) if "audit" in result else "not measured in this file",
         f"## Adaptive round: evading ({adaptive['detector']}) {names[adaptive['detector']]}",
         "Thresholds: the largest clean score of each detector (0% false positives on the zoo).",
         markdown_table(variants, floatfmt=".3g"),
