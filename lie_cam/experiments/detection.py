@@ -73,12 +73,19 @@ def _roc_points(clean: list[float], attacked: list[float]) -> tuple[list[float],
     return fpr + [1.0], tpr + [1.0]
 
 
+def measured(scores: Scores, detectors: tuple[Detector, ...] = DETECTORS) -> tuple[Detector, ...]:
+    """The detectors every clean model of `scores` was scored on (a study run before a detector was
+    added has no scores for it: its curves are left out, not invented)."""
+    return tuple(d for d in detectors if all(d.key in v for v in scores["clean"].values()))
+
+
 def roc_figure(scores: Scores, detectors: tuple[Detector, ...] = DETECTORS):
-    """One panel per attack, one ROC curve per detector (clean zoo vs attacked zoo), in a grid of two
-    columns 6 in wide (a narrow page column: 400 px shows it at 2/3 size, its 10-11 pt text at >= 9 px),
-    the legend in the panel left over (or below)."""
+    """One panel per attack, one ROC curve per detector that `scores` measured (clean zoo vs attacked
+    zoo), in a grid of two columns 6 in wide (a narrow page column: 400 px shows it at 2/3 size, its
+    10-11 pt text at >= 9 px), the legend in the panel left over (or below)."""
     from matplotlib.figure import Figure
 
+    detectors = measured(scores, detectors)
     attacks = [a for a in STUDIED if a in scores]
     rows = (len(attacks) + 2) // 2  # one spare cell for the legend when the count is odd
     fig = Figure(figsize=(6.0, 2.6 * rows), layout="constrained")
