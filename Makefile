@@ -47,7 +47,7 @@ notebooks: setup
 # The built book driven in headless Chromium (tests/browser/check_book.py): broken images, tracebacks,
 # raw reprs, overflow of the text column, kernel-free sliders that do not move or need the network.
 # The book is rebuilt only when a source changed since the last build that passed (_build/.book-built).
-BOOK_SOURCES := _config.yml _toc.yml $(wildcard book/*.ipynb book/*.md book/*.bib lie_cam/*.py lie_cam/*/*.py data/* data/*/*.json data/*/*/*.json)
+BOOK_SOURCES := _config.yml _toc.yml $(wildcard _static/*) $(wildcard book/*.ipynb book/*.md book/*.bib lie_cam/*.py lie_cam/*/*.py data/* data/*/*.json data/*/*/*.json)
 
 _build/.book-built: $(STAMP) $(BOOK_SOURCES)
 	$(PYTHON) tools/colab_path.py --prune-cache
