@@ -154,3 +154,24 @@ def test_colormap_lut_is_jet():
     lut = colormap_lut()
     assert len(lut) == 768
     assert tuple(lut[:3]) == (0, 0, 128) and tuple(lut[-3:]) == (128, 0, 0)  # jet: dark blue .. dark red
+
+
+def test_the_sign_warning_is_not_printed_by_a_block(model, picture, monkeypatch):
+    """A block explains other classes on purpose (the sign caveat is what its class control shows), so the
+    paper build's SignWarning raised while precomputing does not reach the page's stderr."""
+    import warnings
+
+    from lie_cam.attacks import SignWarning
+    from lie_cam.explore.measure import BaseCache
+
+    original = BaseCache.measure_batch
+
+    def warning_batch(self, *args, **kwargs):
+        warnings.warn("alpha_{K+1} <= 0", SignWarning, stacklevel=2)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BaseCache, "measure_batch", warning_batch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        precompute("T1", model, picture, points={"c_W": (0.01, 100.0), "c_A": (1.0, 100.0)})
+    assert not [w for w in caught if issubclass(w.category, SignWarning)]

@@ -29,7 +29,7 @@ from lie_cam.experiments.output import check_output_dir, staged_output
 from lie_cam.experiments.zoo import build_zoo, load_zoo, zoo_files
 from lie_cam.gradcam import gradcam
 from lie_cam.metrics import l1_distance
-from lie_cam.plotting import markdown_table
+from lie_cam.plotting import FONT, markdown_table
 
 __all__ = ["STUDIED", "DETECTION_FILES", "ADAPTIVE_CONSTANTS", "run_detection", "detection_rows", "roc_figure",
            "detectors_markdown", "audit_rows"]
@@ -82,7 +82,7 @@ def measured(scores: Scores, detectors: tuple[Detector, ...] = DETECTORS) -> tup
 def roc_figure(scores: Scores, detectors: tuple[Detector, ...] = DETECTORS):
     """One panel per attack, one ROC curve per detector that `scores` measured (clean zoo vs attacked
     zoo), in a grid of two columns 6 in wide (a narrow page column: 400 px shows it at 2/3 size, its
-    10-11 pt text at >= 9 px), the legend in the panel left over (or below)."""
+    FONT-point text at >= 9 px), the legend in the panel left over (or below)."""
     from matplotlib.figure import Figure
 
     detectors = measured(scores, detectors)
@@ -96,20 +96,20 @@ def roc_figure(scores: Scores, detectors: tuple[Detector, ...] = DETECTORS):
             fpr, tpr = _roc_points([v[d.key] for v in clean.values()], [v[d.key] for v in scores[attack].values()])
             ax.step(fpr, tpr, where="post", label=f"({d.key}) {d.name}")
         ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
-        ax.set_title(attack, fontsize=11)
-        ax.tick_params(labelsize=10)
+        ax.set_title(attack, fontsize=FONT)
+        ax.tick_params(labelsize=FONT)
     for ax in axes[len(attacks) - 2:len(attacks)]:
-        ax.set_xlabel("false positive rate", fontsize=10)
+        ax.set_xlabel("false positive rate", fontsize=FONT)
         ax.tick_params(labelbottom=True)
     for ax in axes[:len(attacks):2]:
-        ax.set_ylabel("true positive rate", fontsize=10)
+        ax.set_ylabel("true positive rate", fontsize=FONT)
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[len(attacks):]:
         ax.axis("off")
     if len(axes) > len(attacks):
-        axes[-1].legend(handles, labels, loc="center", fontsize=10, frameon=False)
+        axes[-1].legend(handles, labels, loc="center", fontsize=FONT, frameon=False)
     else:
-        fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=10)
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=FONT)
     return fig
 
 

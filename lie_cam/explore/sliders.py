@@ -33,12 +33,14 @@ import itertools
 import json
 import math
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from lie_cam.attacks import SignWarning
 from lie_cam.explore.measure import SPECS, BaseCache, Measurement, SliderSpec, normalise
 
 __all__ = ["SliderBlock", "precompute", "block_html", "colormap_lut", "gauges", "view_controls", "GAUGE_WIDTH"]
@@ -153,7 +155,9 @@ def precompute(technique: str, model: nn.Module, x: torch.Tensor, class_names: C
     of the controls' kernel-free values (`points` overrides them per control), explaining the
     classes of `ranks` (0: the top class) with the maps normalised by each of `norms` ("max",
     "min-max"); `fixed` constants go to every build. One build per combination of the technique's
-    controls: the scenes, classes and normalisations share it (`measure.measure_batch`)."""
+    controls: the scenes, classes and normalisations share it (`measure.measure_batch`). The paper
+    build's `SignWarning` (alpha_{K+1} <= 0 for a class) is not printed: the block shows what it
+    warns of, the class control's empty map."""
     if technique not in SPECS:
         raise KeyError(f"technique must be one of {sorted(SPECS)}, got {technique!r}")
     spec = SPECS[technique]
@@ -170,8 +174,10 @@ def precompute(technique: str, model: nn.Module, x: torch.Tensor, class_names: C
     cache = BaseCache(model, x)
     scenes, ranks, norms = len(cache.x), tuple(ranks), tuple(norms)
     names = [s.name for s in moving]
-    measured = [cache.measure_batch(technique, ranks, norms, **fixed, **dict(zip(names, combo)))
-                for combo in itertools.product(*grid)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SignWarning)
+        measured = [cache.measure_batch(technique, ranks, norms, **fixed, **dict(zip(names, combo)))
+                    for combo in itertools.product(*grid)]
     before, after, _ = view_controls(scenes, ranks, norms)
     controls = (*before, *moving, *after)
     all_points = tuple(s.choices for s in before) + grid + tuple(s.choices for s in after)
