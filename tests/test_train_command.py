@@ -127,7 +127,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("bad,expected", BAD, ids=[str(b[0]) for b in BAD])
+@pytest.mark.parametrize("bad,expected", BAD, ids=[getattr(b[0], "__name__", str(b[0])) for b in BAD])
 def test_bad_arguments_are_refused_before_any_work(bad, expected, shipped, tmp_path, monkeypatch, capsys):
     no_work(monkeypatch)
     argv = ["--out", bad(tmp_path)] if callable(bad) else bad
