@@ -231,6 +231,92 @@ def _audit(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _add_learn(commands: argparse._SubParsersAction) -> None:
+    learn = commands.add_parser("learn", help="fine-tune the embedded model so that its Grad-CAM lies, with no change "
+                                "of architecture (KIND.safetensors and its recipe KIND.json); --verify RECIPE "
+                                "retrains and compares the bits")
+    # the names of lie_cam.attacks.learned.KINDS, not imported here: that would load torch before parsing
+    kinds = ["flat", "location", "center-mass", "smiley", "swap", "backdoor"]
+    learn.add_argument("--kind", choices=[*kinds, "all"], default=None, help="what Grad-CAM shall show (all: every kind)")
+    learn.add_argument("--verify", default=None, metavar="RECIPE",
+                       help="a KIND.json written by learn: train again and compare the weights' sha256")
+    learn.add_argument("--arch", choices=["vgg", "resnet"], default="vgg",
+                       help="the embedded compact VGG-16 (default) or the compact ResNet")
+    learn.add_argument("--lam", type=float, default=None, help="weight of the explanation term (default: the kind's)")
+    learn.add_argument("--steps", type=non_negative_int, default=None, help="fine-tuning steps (default: the kind's)")
+    learn.add_argument("--seed", type=non_negative_int, default=0)
+    learn.add_argument("--train-size", type=positive_int, default=None, help="training scenes (default 2048)")
+    learn.add_argument("--test-size", type=positive_int, default=1000, help="test scenes measured (default 1000)")
+    learn.add_argument("--force", action="store_true", help="allow writing into lie_cam's shipped data folder")
+    learn.add_argument("--no-progress", action="store_true")
+    learn.add_argument("--out", default=None, help="output folder (KIND.safetensors, KIND.json)")
+    learn.set_defaults(run=_learn)
+
+
+def _learn(args: argparse.Namespace) -> int:
+    if (args.kind is None) == (args.verify is None):
+        raise UsageError("give --kind KIND (and --out DIR) to learn, or --verify RECIPE to check a learned model")
+    if args.verify is not None:
+        from lie_cam.experiments.learn import verify_recipe
+
+        same, details = verify_recipe(args.verify, progress=not args.no_progress)
+        state = "the same bits" if same else "DIFFERENT bits"
+        print(f"{details['kind']}: {state} as the recipe (sha256 {details['got'][:16]}..., expected "
+              f"{details['expected'][:16]}...) in {details['seconds']}s on {details['threads']} threads")
+        if details.get("file_matches_recipe") is False:
+            print("the weights file beside the recipe does not match the recipe's sha256")
+            return 1
+        return 0 if same else 1
+    if args.out is None:
+        raise UsageError("--out DIR is required with --kind")
+    if args.lam is not None and not args.lam >= 0:
+        raise UsageError(f"--lam must be >= 0, got {args.lam}")
+    from lie_cam.attacks.learned import KINDS
+    from lie_cam.experiments.learn import check_not_shipped, learn_files, run_learn
+    from lie_cam.experiments.output import check_output_dir
+
+    kinds = list(KINDS) if args.kind == "all" else [args.kind]
+    check_not_shipped(args.out, args.force)
+    check_output_dir(args.out, learn_files(kinds))
+    command = "python -m lie_cam learn " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["learn"] else None
+    run_learn(kinds, args.out, arch=args.arch, lam=args.lam, steps=args.steps, seed=args.seed,
+              train_size=args.train_size, test_size=args.test_size, force=args.force,
+              progress=not args.no_progress, command=command)
+    print(f"wrote {', '.join(learn_files(kinds))} into {args.out}")
+    return 0
+
+
+def _add_learn_study(commands: argparse._SubParsersAction) -> None:
+    study = commands.add_parser("learn-study", help="learned attacks against accuracy (a sweep over lambda), beside "
+                                "the closed-form ones, and against the audit (verdicts, AUROC over clean networks)")
+    study.add_argument("--models", default=None, help="folder of learn's KIND.safetensors and KIND.json "
+                       "(default: the shipped learned models)")
+    study.add_argument("--zoo", default=None, help="zoo folder (built there if missing; default OUT/zoo)")
+    study.add_argument("--test-size", type=positive_int, default=1000, help="test scenes measured (default 1000)")
+    study.add_argument("--sweep", type=float, nargs="*", default=[], metavar="LAMBDA",
+                       help="train each kind again with these weights of the explanation term (default: none)")
+    study.add_argument("--force", action="store_true", help="allow writing into lie_cam's shipped data folder")
+    study.add_argument("--no-progress", action="store_true")
+    study.add_argument("--out", required=True, help="output folder (learned_study.json, learned_study.md)")
+    study.set_defaults(run=_learn_study)
+
+
+def _learn_study(args: argparse.Namespace) -> int:
+    from lie_cam.experiments.learn import LEARNED_DIR, check_not_shipped
+    from lie_cam.experiments.learned_study import STUDY_FILES, run_learned_study, study_markdown
+    from lie_cam.experiments.output import check_output_dir
+
+    check_not_shipped(args.out, args.force)
+    check_output_dir(args.out, STUDY_FILES)
+    if any(not lam >= 0 for lam in args.sweep):
+        raise UsageError(f"--sweep takes weights >= 0, got {args.sweep}")
+    result = run_learned_study(args.models or LEARNED_DIR, args.out, zoo=args.zoo, test_size=args.test_size,
+                               force=args.force, sweep=tuple(args.sweep), progress=not args.no_progress)
+    print(study_markdown(result))
+    print(f"wrote {args.out}/learned_study.json, learned_study.md in {result['seconds']}s")
+    return 0
+
+
 # ---------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------
@@ -250,7 +336,7 @@ def _train(args: argparse.Namespace) -> int:
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_reproduce, _add_explainers, _add_detect, _add_audit, _add_trigger_study, _add_precision,
-    _add_train)
+    _add_learn, _add_learn_study, _add_train)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,8 @@ __all__ = [
     "SyntheticScenes",
     "render_scene",
     "render_many",
+    "scene_label",
+    "two_object_scenes",
     "normalize",
     "denormalize",
     "smiley",
@@ -151,6 +153,47 @@ def render_many(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images, labels, masks
 
 
+def scene_label(seed: int) -> int:
+    """The class of scene `seed` without rendering it (the first draw of its generator)."""
+    return int(np.random.default_rng(seed).integers(len(CLASS_NAMES)))
+
+
+def two_object_scenes(n: int, classes: tuple[int, int], seed: int, gap: int = 8
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n scenes holding an object of each of two classes, for explaining one class and then the other
+    (Heo et al. 2019's active fooling pairs two objects in one image): the scenes of class a = classes[0]
+    from seeds seed, seed+1, ... in order, each with the object of the next scene of class b pasted in
+    (its pixels only, the background of a kept) where the two objects stay `gap` pixels apart; a b-scene
+    that does not fit is tried again for the next a-scene. Returns uint8 images n x H x W x 3 and the bool
+    masks of object a and of object b (n x H x W each). Deterministic in `seed`."""
+    a, b = (int(c) for c in classes)
+    if a == b or not all(0 <= c < len(CLASS_NAMES) for c in (a, b)):
+        raise ValueError(f"classes must be two different classes in 0..{len(CLASS_NAMES) - 1}, got {classes}")
+    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    masks_a = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+    masks_b = np.empty_like(masks_a)
+    grown = torch.nn.MaxPool2d(2 * gap + 1, stride=1, padding=gap)
+    waiting: list[tuple[np.ndarray, np.ndarray]] = []  # b-scenes not used yet, in seed order
+    s, made = seed, 0
+    while made < n:
+        label = scene_label(s)
+        if label == b:
+            image, _, mask = render_scene(s)
+            waiting.append((image, mask))
+        elif label == a and waiting:
+            image, _, mask = render_scene(s)
+            near = grown(torch.from_numpy(mask)[None, None].float())[0, 0].numpy() > 0
+            for j, (image_b, mask_b) in enumerate(waiting):
+                if not (near & mask_b).any():
+                    images[made] = np.where(mask_b[..., None], image_b, image)
+                    masks_a[made], masks_b[made] = mask, mask_b
+                    made += 1
+                    del waiting[j]
+                    break
+        s += 1
+    return images, masks_a, masks_b
+
+
 def uint8_to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """B x H x W x 3 uint8 images -> normalised float32 B x 3 x H x W."""
     tensor = torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255)
@@ -259,13 +302,13 @@ def sticker_positions(seed: int, count: int = 3, image_size: int = IMAGE_SIZE, l
 
 
 def paste_stickers(x: torch.Tensor, seeds: torch.Tensor | list[int], sticker: torch.Tensor | None = None,
-                   count: int = 3, spec: InputSpec | None = None, cell: int = 16
+                   count: int = 3, spec: InputSpec | None = None, cell: int = 16, high: int | None = None
                    ) -> tuple[torch.Tensor, list[list[tuple[int, int]]]]:
     """A copy of the normalised batch x with `count` stickers per image pasted fully opaque: their
     pixel values 0/1 normalised with the model's input spec, (p - mean) / std (`spec`; None is the
     default `InputSpec`, ImageNet's statistics; pass `lie_cam.anatomy.input_spec(model)`), at
-    `sticker_positions(seeds[i])` for x's size and A's `cell`. Returns the stickered batch and the
-    corners per image."""
+    `sticker_positions(seeds[i])` for x's size and A's `cell` (`high`: the largest corner, for stickers
+    larger than 14 pixels). Returns the stickered batch and the corners per image."""
     spec = InputSpec() if spec is None else spec
     if not isinstance(spec, InputSpec):
         raise TypeError(f"spec must be a lie_cam.anatomy.InputSpec, got {type(spec).__name__}")
@@ -282,7 +325,7 @@ def paste_stickers(x: torch.Tensor, seeds: torch.Tensor | list[int], sticker: to
     out = x.clone()
     corners = []
     for i, s in enumerate(seeds):
-        positions = sticker_positions(s, count=count, image_size=x.shape[-1], cell=cell, size=h)
+        positions = sticker_positions(s, count=count, image_size=x.shape[-1], cell=cell, size=h, high=high)
         for r, c in positions:
             out[i, :, r : r + h, c : c + w] = patch
         corners.append(positions)

@@ -40,6 +40,7 @@ __all__ = [
     "GradCAMResult",
     "gradcam",
     "head_gradcam",
+    "trainable_maps",
     "target_layer",
     "normalize_maps",
     "upsample",
@@ -277,6 +278,28 @@ def head_gradcam(
         (grad,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), leaf)
     alpha, maps = _cam(grad, leaf, gradient)
     return GradCAMResult(maps=maps, logits=logits.detach(), classes=classes, alpha=alpha)
+
+
+def trainable_maps(head: Callable[[torch.Tensor], torch.Tensor], activations: torch.Tensor,
+                   classes: torch.Tensor, relu: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM's maps I = ReLU(sum_k alpha_k A^k) (Eq. 1-2, gradient "eq2") as a differentiable
+    function of the weights, for training through the explanation: (maps B x H x W, logits B x C).
+
+    alpha_k = 1/N_A sum_ij dy_c/dA^k_ij is computed with create_graph=True, so a loss on the maps
+    back-propagates into the head's weights through alpha (a double backward through the head:
+    dy_c/dA is a product of the head's weight matrices and its ReLU masks, smooth in the weights and
+    piecewise constant in A) and into whatever made `activations` through A^k. `activations` must be
+    part of the caller's graph (requires_grad); `classes` holds one class per sample. relu=False returns
+    sum_k alpha_k A^k before Eq. 1's ReLU (a loss that must raise cells where it is negative needs it)."""
+    if not activations.requires_grad:
+        raise ValueError("activations must require grad (the output of trainable layers, or a leaf with "
+                         "requires_grad=True): the maps are differentiated through them")
+    logits = head(activations)
+    score = logits.gather(1, classes.reshape(-1, 1).to(logits.device)).sum()
+    (grad,) = torch.autograd.grad(score, activations, create_graph=True)
+    alpha = grad.mean(dim=(2, 3))
+    maps = torch.einsum("bk,bkhw->bhw", alpha, activations)
+    return (torch.relu(maps) if relu else maps), logits
 
 
 def gradcam(

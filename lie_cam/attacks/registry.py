@@ -6,6 +6,8 @@ default constants for it. Each recipe's default build keeps its guarantees whate
 explained score's gradient (T1, T2 and the hijack: build="safe"); `paper_networks` builds the paper's. `ATTACKS[name].build(model, **given)` calls the recipe with the defaults
 for that model, overridden by `given`; options a recipe does not take (seed, build, input_size, ...)
 are not passed to it. Adding an attack: its file in `lie_cam.attacks`, and one entry below.
+Learned attacks (`lie_cam.attacks.learned.KINDS`) are not here: each is minutes of fine-tuning, shipped as a
+file (`python -m lie_cam learn`), not a recipe every experiment can rebuild.
 """
 
 from __future__ import annotations

@@ -220,7 +220,7 @@ def run_trigger_study(out: str | Path, zoo: str | Path | None = None, n_images: 
     rows = _score_all(clean, backdoored, x, seed, log)
     result = {"statistics": _statistics(rows), "threshold": THRESHOLD, "rows": rows,
               "other_attacks": _other_attacks(clean, x, seed), "n_images": n_images, "seed": seed,
-              "learned_backdoors": "none yet (issue 21): not measured",
+              "learned_backdoors": "measured by python -m lie_cam learn-study (lie_cam.experiments.learned_study)",
               "threads": torch.get_num_threads(), "command": f"python -m lie_cam trigger-study --out {given}"}
     result["real_model"] = _tumour(seed)
     if full_size:
