@@ -38,7 +38,7 @@ book: setup
 # The unit tests, then every chapter executed from the built wheel in a fresh virtual environment,
 # each alone in an empty folder (the Colab path); their outputs go into the book's jupyter-cache.
 test: setup
-	$(PYTHON) -m pytest -p no:cacheprovider -n auto --dist loadfile tests
+	$(PYTHON) -m pytest -p no:cacheprovider -n auto --dist loadfile --durations=15 tests
 	$(PYTHON) tools/colab_path.py
 
 notebooks: setup
@@ -67,7 +67,7 @@ notebooks-sync: setup
 	$(PYTHON) tools/colab_cells.py
 
 unit: setup
-	$(PYTHON) -m pytest -p no:cacheprovider -n auto --dist loadfile tests
+	$(PYTHON) -m pytest -p no:cacheprovider -n auto --dist loadfile --durations=15 tests
 
 reproduce: setup
 	$(PYTHON) -m lie_cam reproduce --profile embedded --out results

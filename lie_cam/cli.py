@@ -310,8 +310,10 @@ def _learn_study(args: argparse.Namespace) -> int:
     check_output_dir(args.out, STUDY_FILES)
     if any(not lam >= 0 for lam in args.sweep):
         raise UsageError(f"--sweep takes weights >= 0, got {args.sweep}")
+    command = "python -m lie_cam learn-study " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["learn-study"] else None
     result = run_learned_study(args.models or LEARNED_DIR, args.out, zoo=args.zoo, test_size=args.test_size,
-                               force=args.force, sweep=tuple(args.sweep), progress=not args.no_progress)
+                               force=args.force, sweep=tuple(args.sweep), progress=not args.no_progress,
+                               command=command)
     print(study_markdown(result))
     print(f"wrote {args.out}/learned_study.json, learned_study.md in {result['seconds']}s")
     return 0

@@ -171,27 +171,37 @@ def test_the_shipped_folder_is_written_only_with_force(capsys):
     assert "only with --force" in capsys.readouterr().err
 
 
-# The issue's bar: fooling success >= 0.9 with at most one point of accuracy lost. The shipped backdoor
-# fools (0.922) but costs 1.4 points (README, chapter 14): it misses the accuracy half of the bar.
-ACCURACY_BAR_MISSED = {"backdoor": -1.5}
-
-
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_the_shipped_learned_models(kind, embedded):
     """Each shipped model is its recipe's file, keeps the base's keys and shapes, and met the issue's bar
-    when `learn` measured it (1000 test scenes), but for what ACCURACY_BAR_MISSED names."""
+    (fooling success >= 0.9, at most one point of accuracy lost) when `learn` measured it on 1000 test
+    scenes, with the kind's default lambda and steps (so `learn --kind all` makes the shipped set)."""
     from lie_cam.experiments.learn import load_learned
 
     net, recipe = load_learned(kind)
     a, b = embedded.state_dict(), net.state_dict()
     assert list(a) == list(b) and all(a[k].shape == b[k].shape for k in a) and type(net) is type(embedded)
     test = recipe["test"]
-    assert test["n"] == 1000 and test["fooling_success"] >= 0.9
-    bar = ACCURACY_BAR_MISSED.get(kind, -1.0)
-    assert test["accuracy_change_points"] >= bar
-    if kind in ACCURACY_BAR_MISSED:
-        assert test["accuracy_change_points"] < -1.0  # still missed: when it is met, drop it from the list
+    assert test["n"] == 1000 and test["fooling_success"] >= 0.9 and test["accuracy_change_points"] >= -1.0
+    assert (recipe["lam"], recipe["steps"]) == (KINDS[kind].lam, KINDS[kind].steps)
     assert recipe["seconds"] <= 20 * 60 and recipe["threads"] == 2
+
+
+def test_the_shipped_study_sweeps_every_kind():
+    """learned_study.json measured the shipped files, and traced each kind over at least three lambdas
+    (the recipe's own among them) with the same test scenes."""
+    import json
+
+    from lie_cam.experiments.learn import LEARNED_DIR, load_learned
+
+    study = json.loads((LEARNED_DIR / "learned_study.json").read_text())
+    assert set(study["kinds"]) == set(KINDS) and len(study["sweep"]) >= 2
+    for kind, entry in study["kinds"].items():
+        recipe = load_learned(kind)[1]
+        assert entry["recipe_sha256"] == recipe["sha256"] and entry["lam"] == recipe["lam"]
+        lams = [p["lam"] for p in entry["sweep"]]
+        assert lams == sorted(set(lams)) and recipe["lam"] in lams and len(lams) >= 3, kind
+        assert all(p["n"] == entry["shipped"]["n"] for p in entry["sweep"])
 
 
 def test_closed_form_attacks_are_measured_like_the_learned_ones(embedded):
@@ -218,6 +228,23 @@ def test_the_figures_draw_what_they_are_given(embedded):
               "closed_form": {"T1": {"fooling_success": 1.0, "accuracy_change_points": 0.0}}}
     ax = tradeoff_figure(result).axes[0]
     assert list(ax.lines[0].get_xdata()) == [0.5, 0.95] and [t.get_text() for t in ax.texts] == ["1", "3"]
+
+
+def test_the_study_tables_show_the_sweep_only_when_there_is_one():
+    from lie_cam.experiments.learned_study import study_markdown
+
+    def point(lam, fooling):
+        return {"lam": lam, "accuracy": 0.99, "accuracy_change_points": -0.5, "fooling_success": fooling,
+                "score_change": 1.0, "audit": {"verdict": "no evidence of manipulation"}}
+
+    shipped = point(3.0, 0.95)
+    closed = {"T1": {**point(0, 1.0), "accuracy_change_points": 0.0}}
+    one = {"kinds": {"flat": {"lam": 3.0, "shipped": shipped, "sweep": [shipped], "auroc": {"alpha": 0.5}}},
+           "closed_form": closed}
+    assert "sweep" not in study_markdown(one)
+    one["kinds"]["flat"]["sweep"] = [point(0.3, 0.2), shipped]
+    text = study_markdown(one)
+    assert "## The sweep over lambda" in text and "| 3 (shipped) |" in text and "| 0.3 |" in text
 
 
 def test_the_study_refuses_a_folder_without_learned_models(tmp_path, capsys):

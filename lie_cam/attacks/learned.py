@@ -66,13 +66,16 @@ class LearnedKind:
     stages: int = 1
 
 
+# Each lambda is the one the shipped model was learned with (data/learned/KIND.json). The swap and the
+# backdoor pay most accuracy for a larger one: measured on 1000 test scenes, swap lambda 3 fooled 0.970 at
+# -1.5 points; backdoor lambda 0.5 / 0.7 / 1 fooled 0.872 / 0.904 / 0.922 at -0.2 / -0.5 / -1.4 points.
 KINDS: dict[str, LearnedKind] = {k.name: k for k in (
     LearnedKind("flat", "a flat map, learned", 3.0, 1200),
     LearnedKind("location", "the map on the image's frame", 3.0, 1200),
     LearnedKind("center-mass", "the map's centre of mass moved away", 3.0, 1200),
     LearnedKind("smiley", "a smiley as explanation, learned", 3.0, 1200),
     LearnedKind("swap", "two classes' maps exchanged", 1.0, 1200),
-    LearnedKind("backdoor", "the map on a sticker, only when it is present", 1.0, 1200),
+    LearnedKind("backdoor", "the map on a sticker, only when it is present", 0.7, 1200),
 )}
 
 

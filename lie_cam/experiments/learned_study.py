@@ -5,8 +5,8 @@ For every kind of `lie_cam.attacks.learned.KINDS` whose model `python -m lie_cam
 (KIND.safetensors, checked against the sha256 of its recipe KIND.json):
 
 - the sweep (`--sweep L1 L2 ...`, none by default: each point is a training of minutes): the same recipe
-  trained again with each weight lambda given (the recipe's own lambda is the shipped model), measured on
-  the same test scenes: accuracy against fooling success;
+  trained again with each weight lambda given (the recipe's own lambda is the shipped model, not trained
+  again), measured on the same test scenes: accuracy against fooling success;
 - the audit (`lie_cam.audit.auditing.audit`, every self-relative check, the embedded scenes it uses by
   default) of the shipped model and of every sweep model: verdict and each check's score;
 - the detection study: each check's scores on the 22 clean networks of the trigger study
@@ -47,7 +47,7 @@ __all__ = ["STUDY_FILES", "SWEEP", "audit_row", "closed_form_row", "run_learned_
            "example_panels", "tradeoff_figure"]
 
 STUDY_FILES = ("learned_study.json", "learned_study.md")
-SWEEP: tuple[float, ...] = ()  # lambdas trained besides each recipe's own (none in the shipped study: see the README)
+SWEEP: tuple[float, ...] = ()  # lambdas trained besides each recipe's own (the shipped study: --sweep 0.3 10)
 
 
 def audit_row(model: nn.Module) -> dict:
@@ -91,6 +91,9 @@ def _sweep(kind: str, recipe: dict, model: nn.Module, rows_test, lams: tuple[flo
            log: Callable[[str], None]) -> list[dict]:
     if not lams:
         return []
+    lams = tuple(lam for lam in lams if lam != recipe["lam"])  # the recipe's own lambda is the shipped model
+    if not lams:
+        return []
     rows = training_rows(kind, model, recipe["train_size"], recipe["seed"])
     points = []
     for lam in lams:
@@ -117,8 +120,9 @@ def _aurocs(clean: dict[str, dict], attacked: list[dict]) -> dict[str, float]:
 
 def run_learned_study(models: str | Path, out: str | Path, zoo: str | Path | None = None,
                       test_size: int = LEARN_TEST["n"], pairs: int = LEARN_TEST["pairs"], force: bool = False,
-                      sweep: tuple[float, ...] = SWEEP, progress: bool = True) -> dict:
-    """The study of the module docstring; writes DIR2/learned_study.json and .md, returns the json's content."""
+                      sweep: tuple[float, ...] = SWEEP, progress: bool = True, command: str | None = None) -> dict:
+    """The study of the module docstring; writes DIR2/learned_study.json and .md, returns the json's content
+    (`command`: what to record as the command that made it; default: the call's arguments as options)."""
     from lie_cam.experiments.trigger_study import clean_models
     from lie_cam.experiments.zoo import build_zoo, zoo_files
 
@@ -155,7 +159,9 @@ def run_learned_study(models: str | Path, out: str | Path, zoo: str | Path | Non
     result = {"kinds": kinds, "closed_form": closed, "clean": clean, "sweep": list(sweep), "test_size": test_size,
               "pairs": pairs, "fooled_l1": FOOLED_L1, "threads": torch.get_num_threads(),
               "seconds": round(time.time() - started),
-              "command": f"python -m lie_cam learn-study --models {models} --out {out.name}"}
+              "command": command or (f"python -m lie_cam learn-study --models {models} --zoo {zoo} --test-size "
+                                     f"{test_size}" + (" --sweep " + " ".join(f"{lam:g}" for lam in sweep) if sweep else "")
+                                     + f" --out {out}")}
     with staged_output(out, STUDY_FILES) as stage:
         (stage / "learned_study.json").write_text(json.dumps(result, indent=1) + "\n")
         (stage / "learned_study.md").write_text(study_markdown(result))
@@ -176,6 +182,12 @@ def study_markdown(result: dict) -> str:
     closed = [{"attack": name, "accuracy": f"{r['accuracy']:.3f}", "change (points)": f"{r['accuracy_change_points']:+.1f}",
                "fooling success": f"{r['fooling_success']:.3f}", "score change": f"{r['score_change']:.2g}",
                "audit": r["audit"]["verdict"]} for name, r in result["closed_form"].items()]
+    sweep = [{"kind": kind, "lambda": f"{p['lam']:g}" + (" (shipped)" if p["lam"] == entry["lam"] else ""),
+              "accuracy": f"{p['accuracy']:.3f}", "change (points)": f"{p['accuracy_change_points']:+.1f}",
+              "fooling success": f"{p['fooling_success']:.3f}", "audit": p["audit"]["verdict"]}
+             for kind, entry in result["kinds"].items() for p in entry["sweep"]]
+    if len(sweep) > len(rows):
+        text += "\n\n## The sweep over lambda (the same recipe, each lambda trained)\n\n" + markdown_table(sweep)
     return text + "\n\n## Closed-form attacks on the same scenes\n\n" + markdown_table(closed) + "\n"
 
 
