@@ -101,12 +101,18 @@ def test_reproduce_and_explainers_share_a_folder(tmp_path, fake_figures, monkeyp
 
 
 def test_signals_are_held_during_the_moves_and_delivered_after():
-    with pytest.raises(KeyboardInterrupt):
-        with held_signals():
-            signal.raise_signal(signal.SIGINT)
-            reached = True
-    assert reached
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own SIGINT handler for the test, whatever an earlier test in this worker left installed
+    # (one did, under pytest-xdist: the interrupt was then delivered to a handler that swallowed it).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with held_signals():
+                signal.raise_signal(signal.SIGINT)
+                reached = True
+        assert reached
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_staged_output_with_an_error_leaves_the_folder(tmp_path):
