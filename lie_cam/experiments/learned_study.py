@@ -89,8 +89,6 @@ def closed_form_row(name: str, model: nn.Module, n: int) -> dict:
 
 def _sweep(kind: str, recipe: dict, model: nn.Module, rows_test, lams: tuple[float, ...],
            log: Callable[[str], None]) -> list[dict]:
-    if not lams:
-        return []
     lams = tuple(lam for lam in lams if lam != recipe["lam"])  # the recipe's own lambda is the shipped model
     if not lams:
         return []
